@@ -1,0 +1,145 @@
+"""`minitron VERB [key=value ...]`: one entry point, one Hydra app per verb over `configs/VERB.yaml`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from minitron.errors import MinitronError
+
+VERBS: dict[str, str] = {
+    "pretrain": "train a model from scratch with the causal-LM loss (makes the embedded tiny teacher)",
+    "score": "estimate the importance of channels, heads, neurons and layers on calibration data",
+    "prune": "prune a model to a target shape and export a checkpoint that stock transformers loads",
+    "search": "enumerate pruned shapes within a parameter budget and rank them",
+    "distill": "retrain a pruned student against a frozen teacher's logits (DeepSpeed)",
+    "eval": "evaluate a checkpoint with lm-eval",
+    "pipeline": "teacher -> importance -> prune -> distill -> evaluate, with a report",
+}
+
+HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p")
+
+USAGE = """usage: minitron VERB [key=value ...] [-m] [--cfg job]
+
+Turn one large language model into smaller ones: score importance, prune, distill, evaluate.
+
+verbs:
+{verbs}
+
+Each verb is a Hydra app over configs/VERB.yaml: override any key with key=value, pick a config group
+member with group=name (for example model=tiny_nemotron), sweep with -m key=a,b, and print the composed
+config with --cfg job. `minitron VERB --help` lists the config groups. Add debug=true for full tracebacks.
+"""
+
+
+def _usage() -> str:
+    width = max(map(len, VERBS))
+    return USAGE.format(verbs="\n".join(f"  {v:<{width}}  {d}" for v, d in VERBS.items()))
+
+
+def load_verb(verb: str):
+    """The module implementing `verb`, which defines `run(cfg)`."""
+    if verb not in VERBS:
+        raise MinitronError(f"unknown verb '{verb}'; choose one of: {', '.join(VERBS)} (see `minitron --help`)")
+    name = f"minitron.commands.{verb}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        raise MinitronError(
+            f"`minitron {verb}` is not implemented yet in this version; the verbs that run today are: "
+            f"{', '.join(implemented_verbs())}"
+        ) from None
+
+
+def implemented_verbs() -> list[str]:
+    return [v for v in VERBS if importlib.util.find_spec(f"minitron.commands.{v}") is not None]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_warning()
+    transformers.logging.disable_progress_bar()
+
+
+def _debug_requested(args: list[str]) -> bool:
+    return any(a.lower() in ("debug=true", "debug=1", "+debug=true") for a in args)
+
+
+def _run_app(verb: str, run_fn, args: list[str]) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    from minitron.config import config_dir
+
+    debug = _debug_requested(args)
+
+    def task(cfg: DictConfig):
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        fresh = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir())
+        try:
+            return run_fn(cfg)
+        except MinitronError as e:
+            if debug:
+                traceback.print_exc()
+            print(f"minitron {verb}: error: {e}", file=sys.stderr)
+            if fresh and not debug:
+                _remove_bookkeeping_only(run_dir)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print(f"\nminitron {verb}: interrupted; run folder kept at {run_dir}", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=verb)(task)
+    saved = sys.argv
+    sys.argv = [f"minitron {verb}", *args]
+    if debug:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    finally:
+        sys.argv = saved
+
+
+def _remove_bookkeeping_only(run_dir: Path) -> None:
+    """A run that failed before writing anything of its own leaves no folder behind."""
+    if all(p.name in (".hydra", "config.yaml") or p.name.endswith(".log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    verb, rest = args[0], args[1:]
+    try:
+        module = load_verb(verb)
+        _quiet_libraries()
+        if not any(a.split("=")[0] in HYDRA_FLAGS for a in rest):
+            from minitron.config import validate_overrides
+
+            validate_overrides(verb, rest)
+        _run_app(verb, module.run, rest)
+    except MinitronError as e:
+        if _debug_requested(rest):
+            traceback.print_exc()
+        print(f"minitron {verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
