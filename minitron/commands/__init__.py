@@ -1,0 +1,1 @@
+"""One module per CLI verb; each defines `run(cfg, run_dir=None)`."""

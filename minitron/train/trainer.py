@@ -1,0 +1,262 @@
+"""The one training path: `transformers.Trainer` with a pluggable loss.
+
+Pretraining plugs in the causal-LM loss; distillation plugs in a loss that also reads a frozen teacher. Both
+share the arguments, the schedule (cosine with warmup down to a minimum LR, as in the papers), the progress bar,
+the metrics file and DeepSpeed, which the Trainer drives when `train.deepspeed` names a config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from minitron.config import to_plain
+from minitron.errors import MinitronError
+
+LossFn = Callable[[PreTrainedModel, dict[str, torch.Tensor]], "tuple[torch.Tensor, dict[str, float]]"]
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack packed blocks; padding (attention_mask 0) is left out of the loss via labels = -100."""
+    input_ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
+    if "attention_mask" in examples[0]:
+        attention_mask = torch.tensor([e["attention_mask"] for e in examples], dtype=torch.long)
+    else:
+        attention_mask = torch.ones_like(input_ids)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def causal_lm_loss(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token cross-entropy in float32, averaged over the tokens whose label is not -100."""
+    labels = inputs["labels"]
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")).logits
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="mean"
+    )
+    return loss, {}
+
+
+class LossTrainer(Trainer):
+    """A Trainer whose loss is a plain function of (model, batch); extra scalars it returns are logged."""
+
+    def __init__(self, *args, loss_fn: LossFn = causal_lm_loss, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        self._extra: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, extra = self.loss_fn(model, inputs)
+        if not torch.isfinite(loss.detach()):
+            raise MinitronError(
+                f"the training loss became {loss.item()} at step {self.state.global_step}; lower train.lr or "
+                f"raise train.warmup_steps (the last saved checkpoint in {self.args.output_dir} is kept)"
+            )
+        for k, v in extra.items():
+            self._extra.setdefault(k, []).append(float(v))
+        return (loss, None) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for k, vs in self._extra.items():
+            if vs:
+                logs[k] = sum(vs) / len(vs)
+        self._extra = {}
+        super().log(logs, *args, **kwargs)
+
+
+class TokenProgressCallback(TrainerCallback):
+    """One progress bar with loss, learning rate and tokens per second."""
+
+    def __init__(self, tokens_per_step: int, desc: str = "train"):
+        self.tokens_per_step = tokens_per_step
+        self.desc = desc
+        self.bar = None
+        self.start = 0.0
+        self.start_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=self.desc, dynamic_ncols=True)
+            self.start, self.start_step = time.perf_counter(), state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is None or not logs:
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        post = {"tok/s": f"{(state.global_step - self.start_step) * self.tokens_per_step / elapsed:,.0f}"}
+        for key in ("loss", "kl", "eval_loss", "learning_rate"):
+            if key in logs:
+                post[key.replace("learning_rate", "lr")] = f"{logs[key]:.4g}"
+        self.bar.set_postfix(post, refresh=False)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log record (with step and tokens seen) to a JSON-lines file in the run folder."""
+
+    def __init__(self, path: Path, tokens_per_step: int):
+        self.path = Path(path)
+        self.tokens_per_step = tokens_per_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "tokens": state.global_step * self.tokens_per_step, **logs}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def training_arguments(train: Any, output_dir: Path, *, seed: int) -> TrainingArguments:
+    """TrainingArguments from a `train` config group (see configs/train/*.yaml)."""
+    t = to_plain(train)
+    if t["lr"] <= 0:
+        raise MinitronError(f"train.lr must be positive, got {t['lr']}")
+    if not 0 <= t["min_lr_ratio"] <= 1:
+        raise MinitronError(f"train.min_lr_ratio must be in [0, 1], got {t['min_lr_ratio']}")
+    if t["max_steps"] <= 0:
+        raise MinitronError(f"train.max_steps must be a positive number of optimizer steps, got {t['max_steps']}")
+    if t["batch_size"] <= 0 or t["gradient_accumulation_steps"] <= 0:
+        raise MinitronError("train.batch_size and train.gradient_accumulation_steps must be positive")
+    cuda = torch.cuda.is_available()
+    bf16 = t["bf16"] if isinstance(t["bf16"], bool) else cuda and torch.cuda.is_bf16_supported()
+    report = {"none": [], "wandb": ["wandb"], "tensorboard": ["tensorboard"]}.get(t["logger"])
+    if report is None:
+        raise MinitronError(f"train.logger must be none, wandb or tensorboard, got '{t['logger']}'")
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=t["max_steps"],
+        per_device_train_batch_size=t["batch_size"],
+        per_device_eval_batch_size=t["batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        learning_rate=t["lr"],
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": t["min_lr_ratio"]},
+        warmup_steps=t["warmup_steps"],
+        weight_decay=t["weight_decay"],
+        adam_beta1=t["adam_beta1"],
+        adam_beta2=t["adam_beta2"],
+        max_grad_norm=t["max_grad_norm"],
+        logging_steps=t["logging_steps"],
+        save_strategy="steps" if t["save_steps"] else "no",
+        save_steps=t["save_steps"] or 500,
+        save_total_limit=t["save_total_limit"],
+        eval_strategy="no",
+        bf16=bf16,
+        activation_checkpointing=t["gradient_checkpointing"],
+        deepspeed=t["deepspeed"],
+        report_to=report,
+        disable_tqdm=True,
+        dataloader_num_workers=t["dataloader_num_workers"],
+        remove_unused_columns=False,
+        use_cpu=not cuda,
+        seed=seed,
+        data_seed=seed,
+    )
+
+
+def build_trainer(
+    model: PreTrainedModel,
+    args: TrainingArguments,
+    train_dataset,
+    *,
+    loss_fn: LossFn = causal_lm_loss,
+    seq_len: int,
+    metrics_path: Path,
+    desc: str = "train",
+) -> LossTrainer:
+    tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * seq_len
+    trainer = LossTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=collate,
+        loss_fn=loss_fn,
+        callbacks=[TokenProgressCallback(tokens_per_step, desc), MetricsFileCallback(metrics_path, tokens_per_step)],
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+@torch.no_grad()
+def lm_loss(model: PreTrainedModel, dataset, *, batch_size: int = 8, max_batches: int | None = None) -> float:
+    """Mean next-token loss in nats over every real token of `dataset` (token-weighted, not batch-weighted)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    n = len(dataset)
+    batches = math.ceil(n / batch_size) if max_batches is None else min(max_batches, math.ceil(n / batch_size))
+    for b in tqdm(range(batches), desc="eval", leave=False, dynamic_ncols=True):
+        batch = collate([dataset[i] for i in range(b * batch_size, min(n, (b + 1) * batch_size))])
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"][:, 1:].flatten()
+        total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum").item()
+        count += int((labels != -100).sum())
+    model.train(was_training)
+    if count == 0:
+        raise MinitronError("the validation split has no tokens; lower data.seq_len or check data.validation_fraction")
+    return total / count
+
+
+def unigram_loss(train_dataset, eval_dataset, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of an add-one unigram model fitted on the train blocks, on the eval targets.
+
+    The baseline a language model must beat clearly: it knows token frequencies and nothing about context.
+    """
+    counts = torch.ones(vocab_size, dtype=torch.float64)
+    for ex in train_dataset:
+        ids = torch.tensor(ex["input_ids"])[torch.tensor(ex["attention_mask"]) == 1]
+        counts += torch.bincount(ids, minlength=vocab_size).double()
+    logp = (counts / counts.sum()).log()
+    total, count = 0.0, 0
+    for ex in eval_dataset:
+        ids = torch.tensor(ex["input_ids"])[torch.tensor(ex["attention_mask"]) == 1][1:]
+        total -= logp[ids].sum().item()
+        count += ids.numel()
+    return total / max(count, 1)
+
+
+def plot_curves(metrics_path: Path, png: Path, *, title: str) -> None:
+    """Training (and evaluation) loss against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in ("loss", "kl", "eval_loss"):
+        pts = [(r["tokens"], r[key]) for r in records if key in r]
+        if pts:
+            ax.plot(*zip(*pts), label=key, marker="." if key == "eval_loss" else None)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("nats / token")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    from minitron.io import atomic_path
+
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

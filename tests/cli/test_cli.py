@@ -1,0 +1,98 @@
+"""The `minitron` entry point: verbs, help, strict overrides, and every shipped config composing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minitron.cli import VERBS, implemented_verbs, main
+from minitron.config import compose, config_dir
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_every_verb(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for verb in ("pretrain", "score", "prune", "search", "distill", "eval", "pipeline"):
+        assert any(line.strip().startswith(verb + " ") for line in out.splitlines()), verb
+
+
+def test_unknown_verb(capsys):
+    code, _, err = run_cli(capsys, "shrink")
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "unknown verb 'shrink'" in err
+
+
+def test_verbs_not_built_yet_say_so(capsys):
+    missing = [v for v in VERBS if v not in implemented_verbs()]
+    for verb in missing:
+        code, _, err = run_cli(capsys, verb)
+        assert code == 2 and "not implemented yet" in err and err.strip().count("\n") == 0
+
+
+def test_unknown_key_is_one_line_naming_the_key(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "pretrain", "trian.max_steps=3", f"hydra.run.dir={tmp_path}/run")
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "unknown config key 'trian.max_steps'" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.max_steps=abc", "must be an integer"),
+        ("train.lr=fast", "must be a number"),
+        ("cache=maybe", "must be true or false"),
+    ],
+)
+def test_wrong_type_is_rejected(capsys, override, words):
+    code, _, err = run_cli(capsys, "pretrain", override)
+    assert code == 2 and words in err and err.strip().count("\n") == 0
+
+
+def test_unknown_group_member(capsys):
+    code, _, err = run_cli(capsys, "pretrain", "model=nope")
+    assert code == 2 and "model/nope" in err and err.strip().count("\n") == 0
+
+
+def test_float_key_accepts_an_integer(capsys):
+    from minitron.config import validate_overrides
+
+    validate_overrides("pretrain", ["train.lr=1", "train.max_steps=5", "-m"])
+
+
+def _all_configs():
+    root = config_dir()
+    primaries = sorted(p.stem for p in root.glob("*.yaml") if p.stem != "common")
+    groups = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+    members = [(g.name, m.stem) for g in groups for m in sorted(g.glob("*.yaml"))]
+    return primaries, members
+
+
+def test_every_config_file_composes():
+    primaries, members = _all_configs()
+    assert "pretrain" in primaries
+    for name in primaries:
+        cfg = compose(name)
+        assert "seed" in cfg and "cache_dir" in cfg
+    for group, member in members:
+        host = next((p for p in primaries if group in compose(p)), None)
+        assert host is not None, f"no verb config uses the {group}/ group"
+        cfg = compose(host, [f"{group}={member}"])
+        assert cfg[group] is not None
+
+
+def test_installed_entry_point_finds_its_configs_from_any_folder(tmp_path):
+    exe = Path(sys.executable).with_name("minitron")
+    result = subprocess.run([str(exe), "pretrain", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "hidden_size: 256" in result.stdout and "NemotronConfig" in result.stdout

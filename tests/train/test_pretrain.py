@@ -1,0 +1,123 @@
+"""`minitron pretrain` end to end on a very small setting, and the trainer's pieces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minitron.commands.pretrain import run
+from minitron.config import compose
+from minitron.errors import MinitronError
+from minitron.train.trainer import collate, lm_loss, unigram_loss
+
+SMALL = [
+    "model.arch.hidden_size=32",
+    "model.arch.intermediate_size=64",
+    "model.arch.num_hidden_layers=2",
+    "model.arch.num_attention_heads=4",
+    "model.arch.num_key_value_heads=2",
+    "model.arch.head_dim=8",
+    "data.seq_len=64",
+    "data.max_train_docs=12",
+    "data.num_proc=1",
+    "data.tokenizer.vocab_size=320",
+    "data.tokenizer.train_bytes=200000",
+    "train.max_steps=6",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.logging_steps=2",
+    "train.eval_batches=4",
+]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    cfg = compose("pretrain", SMALL + [f"cache_dir={root / 'cache'}"])
+    result = run(cfg, run_dir=root / "run")
+    return cfg, result, root
+
+
+def test_writes_a_stock_checkpoint_that_generates(pretrained):
+    _, result, _ = pretrained
+    tokenizer = AutoTokenizer.from_pretrained(result.path)
+    model = AutoModelForCausalLM.from_pretrained(result.path)
+    assert type(model).__name__ == "NemotronForCausalLM"
+    assert model.config.vocab_size == len(tokenizer) == 320
+    assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    inputs = tokenizer("def main():", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 5
+
+
+def test_run_folder_and_metrics(pretrained):
+    _, result, root = pretrained
+    run_dir = root / "run"
+    assert {"config.yaml", "corpus.json", "metrics.json", "metrics.jsonl", "loss.png"} <= {p.name for p in run_dir.iterdir()}
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 3 and all(l > 0 for l in losses)
+    assert records[-1]["tokens"] == 6 * 4 * 64
+    corpus = json.loads((run_dir / "corpus.json").read_text())
+    assert corpus["source"] == "stdlib" and corpus["num_files"] > 100
+    assert result.params == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(result.path).parameters())
+    assert result.tokens == 6 * 4 * 64 and result.val_loss > 0 and result.unigram_loss > 0
+
+
+def test_second_run_reuses_the_cached_model(pretrained, tmp_path):
+    cfg, result, _ = pretrained
+    again = run(cfg, run_dir=tmp_path / "again")
+    assert again.cached and again.path == result.path and again.val_loss == result.val_loss
+
+
+def test_nonempty_out_needs_overwrite(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    cfg = compose("pretrain", SMALL + [f"out={tmp_path / 'out'}"])
+    with pytest.raises(MinitronError, match="exists and is not empty"):
+        run(cfg, run_dir=tmp_path / "run")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_seq_len_above_max_positions(tmp_path):
+    cfg = compose("pretrain", SMALL + ["model.arch.max_position_embeddings=32"])
+    with pytest.raises(MinitronError, match="data.seq_len=64 exceeds model.arch.max_position_embeddings=32"):
+        run(cfg, run_dir=tmp_path / "run")
+
+
+def test_non_positive_lr(tmp_path):
+    cfg = compose("pretrain", SMALL + ["train.lr=0", "cache=false", f"out={tmp_path / 'm'}"])
+    with pytest.raises(MinitronError, match="train.lr must be positive"):
+        run(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "m").exists()
+
+
+def test_collate_masks_padding_out_of_the_labels():
+    batch = collate([{"input_ids": [5, 6, 0], "attention_mask": [1, 1, 0]}])
+    assert batch["labels"].tolist() == [[5, 6, -100]]
+
+
+def test_lm_loss_is_token_weighted():
+    """Padding carries no weight, and the loss equals the mean over real next-token predictions."""
+    torch.manual_seed(0)
+    from minitron.models.tiny import tiny_model
+
+    model = tiny_model("nemotron")
+    rows = [{"input_ids": [3, 4, 5, 6], "attention_mask": [1, 1, 1, 1]}, {"input_ids": [7, 8, 0, 0], "attention_mask": [1, 1, 0, 0]}]
+    got = lm_loss(model, rows, batch_size=2)
+    with torch.no_grad():
+        l1 = model(torch.tensor([[3, 4, 5, 6]]), labels=torch.tensor([[3, 4, 5, 6]])).loss.item()
+        l2 = model(torch.tensor([[7, 8]]), labels=torch.tensor([[7, 8]])).loss.item()
+    assert got == pytest.approx((3 * l1 + 1 * l2) / 4, rel=1e-5)
+
+
+def test_unigram_loss_matches_the_entropy_of_a_known_distribution():
+    train = [{"input_ids": [0, 1, 1, 1], "attention_mask": [1, 1, 1, 1]}]
+    evals = [{"input_ids": [0, 1, 0], "attention_mask": [1, 1, 1]}]
+    # add-one counts over a vocabulary of 2: p(0) = 2/6, p(1) = 4/6; targets are tokens 1 and 0
+    expected = -(torch.log(torch.tensor(4 / 6)) + torch.log(torch.tensor(2 / 6))).item() / 2
+    assert unigram_loss(train, evals, vocab_size=2) == pytest.approx(expected)
