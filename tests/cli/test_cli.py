@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,22 @@ def test_installed_entry_point_finds_its_configs_from_any_folder(tmp_path):
     result = subprocess.run([str(exe), "pretrain", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "hidden_size: 256" in result.stdout and "NemotronConfig" in result.stdout
+
+
+def test_a_built_wheel_carries_its_configs(tmp_path):
+    """A non-editable install (no checkout around it) still composes every verb's config."""
+    root = Path(__file__).resolve().parents[2]
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(root), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "wheel")],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "wheel").glob("minitron-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "minitron", "pretrain", "--cfg", "job"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert str(tmp_path / "site") in subprocess.run(
+        [sys.executable, "-c", "import minitron; print(minitron.__file__)"], cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(tmp_path / "site")}, capture_output=True, text=True).stdout
+    assert "NemotronConfig" in result.stdout

@@ -1,0 +1,5 @@
+import sys
+
+from minitron.cli import main
+
+sys.exit(main())
