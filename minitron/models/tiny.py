@@ -1,0 +1,76 @@
+"""Tiny seeded random models of every supported family, for tests, examples and benchmarks.
+
+    >>> from minitron.models.tiny import tiny_model
+    >>> model = tiny_model("nemotron")           # 2 layers, hidden 64, 4 query heads in 2 KV groups
+    >>> model = tiny_model("llama", seed=1, num_hidden_layers=4)
+
+Every model has vocab 128, hidden 64, 2 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16 and
+intermediate 128, in float32, unless overridden. Building one never touches the network or the global RNG.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    NemotronConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen2Config,
+)
+
+from minitron.errors import MinitronError
+
+_CONFIGS: dict[str, type[PretrainedConfig]] = {
+    "nemotron": NemotronConfig,
+    "llama": LlamaConfig,
+    "mistral": MistralConfig,
+    "qwen2": Qwen2Config,
+}
+
+_COMMON: dict[str, Any] = dict(
+    vocab_size=128,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    tie_word_embeddings=False,
+)
+
+# Qwen2Config has no `head_dim`: its head size is always hidden_size / num_attention_heads (64 / 4 = 16).
+_FAMILY: dict[str, dict[str, Any]] = {
+    "nemotron": dict(head_dim=16),
+    "llama": dict(head_dim=16),
+    "mistral": dict(head_dim=16, sliding_window=None),
+    "qwen2": dict(),
+}
+
+TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)
+
+
+def tiny_config(family: str, **overrides: Any) -> PretrainedConfig:
+    """The config of a tiny `family` model; `overrides` are HF config fields (e.g. `num_hidden_layers=8`)."""
+    if family not in _CONFIGS:
+        raise MinitronError(f"unknown tiny model family '{family}'; expected one of {', '.join(TINY_FAMILIES)}")
+    fields = {**_COMMON, **_FAMILY[family], **overrides}
+    config = _CONFIGS[family](**fields)
+    config.dtype = torch.float32
+    return config
+
+
+def tiny_model(family: str, seed: int = 0, **overrides: Any) -> PreTrainedModel:
+    """A tiny random causal LM of `family`, initialised from `seed` in eval mode (float32 unless overridden)."""
+    config = tiny_config(family, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=config.dtype)
+    return model.eval()
