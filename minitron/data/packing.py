@@ -59,7 +59,7 @@ def _pack_batch(
     return {"input_ids": blocks, "attention_mask": masks}
 
 
-def _tokenizer_digest(tokenizer: Any) -> str:
+def tokenizer_digest(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         return hashlib.sha256(backend.to_str().encode()).hexdigest()
@@ -134,7 +134,7 @@ def pack(
     # block edges depend on batch_size and on the shard boundaries (procs).
     fingerprint = hashlib.sha256(
         json.dumps(
-            [_PACK_VERSION, dataset._fingerprint, _tokenizer_digest(tokenizer), fn_kwargs["eos_id"], pad_id,
+            [_PACK_VERSION, dataset._fingerprint, tokenizer_digest(tokenizer), fn_kwargs["eos_id"], pad_id,
              seq_len, text_field, batch_size, procs]
         ).encode()
     ).hexdigest()[:32]

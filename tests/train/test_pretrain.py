@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from pathlib import Path
+from omegaconf import OmegaConf
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,3 +123,23 @@ def test_unigram_loss_matches_the_entropy_of_a_known_distribution():
     # add-one counts over a vocabulary of 2: p(0) = 2/6, p(1) = 4/6; targets are tokens 1 and 0
     expected = -(torch.log(torch.tensor(4 / 6)) + torch.log(torch.tensor(2 / 6))).item() / 2
     assert unigram_loss(train, evals, vocab_size=2) == pytest.approx(expected)
+
+
+def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, tmp_path):
+    from minitron.commands._run import calibration_batches, load_checkpoint, packed_data, teacher_path
+
+    cfg, result, _ = pretrained
+    cfg = compose("pretrain", SMALL + [f"cache_dir={cfg.cache_dir}"])
+    OmegaConf.set_struct(cfg, False)
+    with_teacher = OmegaConf.merge(cfg, {"teacher": result.path})
+    assert teacher_path(with_teacher, tmp_path) == Path(result.path)
+    model, tokenizer = load_checkpoint(result.path)
+    assert type(model).__name__ == "NemotronForCausalLM" and not model.training
+    data = packed_data(cfg, tokenizer)
+    batches = calibration_batches(data["train"], 10, 4)
+    assert [tuple(b.shape) for b in batches] == [(4, 64), (4, 64), (2, 64)]
+    assert torch.equal(torch.cat(batches), torch.tensor(data["train"][:10]["input_ids"]))
+    with pytest.raises(MinitronError, match="samples=0"):
+        calibration_batches(data["train"], 0, 4)
+    with pytest.raises(MinitronError, match="teacher="):
+        teacher_path(OmegaConf.merge(cfg, {"teacher": str(tmp_path)}), tmp_path)
