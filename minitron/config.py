@@ -25,9 +25,17 @@ def compose(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `configs/<name>.yaml` with overrides through Hydra's compose API (for tests and library use)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose(config_name=name, overrides=list(overrides))
+    outer = GlobalHydra.instance()
+    saved = outer.hydra if outer.is_initialized() else None  # inside a running verb (a Hydra app)
+    outer.clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name=name, overrides=list(overrides))
+    finally:
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
 
 
 def _first_value(override) -> str:
