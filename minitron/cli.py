@@ -98,6 +98,11 @@ def _run_app(verb: str, run_fn, args: list[str]) -> None:
             if fresh and not debug:
                 _remove_bookkeeping_only(run_dir)
             raise SystemExit(2) from None
+        except OSError as e:  # a path that cannot be read or written: name it, no traceback
+            if debug:
+                traceback.print_exc()
+            print(f"minitron {verb}: error: {_os_error(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
         except KeyboardInterrupt:
             print(f"\nminitron {verb}: interrupted; run folder kept at {run_dir}", file=sys.stderr)
             raise SystemExit(130) from None
@@ -111,6 +116,12 @@ def _run_app(verb: str, run_fn, args: list[str]) -> None:
         app()
     finally:
         sys.argv = saved
+
+
+def _os_error(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    what = e.strerror or str(e).splitlines()[0]
+    return f"cannot use the path{where}: {what}; check the folder exists, is a folder, and is writable (or pick another path)"
 
 
 def _remove_bookkeeping_only(run_dir: Path) -> None:
@@ -133,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
             validate_overrides(verb, rest)
         _run_app(verb, module.run, rest)
+    except SystemExit as e:  # raised by the verb's error handler and by Hydra itself
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MinitronError as e:
         if _debug_requested(rest):
             traceback.print_exc()

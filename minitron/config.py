@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,12 @@ def _one_line(verb: str, e: Exception) -> str:
         text += "\n" + str(cause)
         cause = cause.__cause__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'", text)
+    if missing:
+        group, name = missing.groups()
+        folder = config_dir() / group
+        choices = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+        return f"{group}={name} is not a config of group '{group}'; choose one of: {', '.join(choices)}"
     for ln in lines:
         if ln.startswith("Could not override"):
             key = ln.split("'")[1]

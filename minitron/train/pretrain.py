@@ -95,18 +95,32 @@ def load_model(model_cfg: DictConfig) -> PreTrainedModel:
     """A pretrained checkpoint from a folder or hub id: safetensors only, remote code only when asked for."""
     path = str(model_cfg.path)
     local = Path(path).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise MinitronError(f"model.path={path} has no config.json; point it at a Hugging Face checkpoint folder")
+    trust = bool(model_cfg.get("trust_remote_code", False))
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise MinitronError(f"{path} has no config.json; point it at a Hugging Face checkpoint folder")
+        try:
+            config = json.loads((local / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise MinitronError(f"{path}/config.json is not valid JSON ({e}); re-export the checkpoint") from None
+        if config.get("auto_map") and not trust:
+            raise MinitronError(
+                f"{path} ships its own modelling code (auto_map in config.json); set trust_remote_code=true "
+                "if you trust it, or use a checkpoint of a supported transformers class"
+            )
+        if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
+            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+            raise MinitronError(
+                f"{path} has no safetensors weights{' (only ' + ', '.join(pickled) + ')' if pickled else ''}; "
+                "minitron loads safetensors only: convert it once with save_pretrained(safe_serialization=True)"
+            )
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=getattr(torch, model_cfg.get("dtype", "float32")),
-            trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-            use_safetensors=True,
+            path, dtype=getattr(torch, model_cfg.get("dtype", "float32")), trust_remote_code=trust, use_safetensors=True
         )
-    except (OSError, ValueError) as e:
+    except Exception as e:  # transformers, safetensors and hub errors come in many types; all mean "cannot load"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinitronError(f"cannot load model.path={path}: {first}") from None
+        raise MinitronError(f"cannot load the checkpoint {path}: {first}") from None
     get_adapter(model)
     return model
 
