@@ -72,17 +72,28 @@ def packed_data(cfg: DictConfig, tokenizer, *, seq_len: int | None = None):
     return packed_splits(cfg, tokenizer, tokenizer_digest(tokenizer), corpus)
 
 
-def calibration_batches(dataset, samples: int, batch_size: int):
-    """The first `samples` packed blocks of `dataset` as `input_ids` tensors of `batch_size` rows."""
+def calibration_batches(dataset, samples: int, batch_size: int, seed: int = 0) -> list[dict]:
+    """`samples` packed blocks drawn at random (seeded) from `dataset`, in batches of `batch_size` rows.
+
+    Each batch is a dict with `input_ids`, plus `attention_mask` where a block is padded (the last block of a
+    packing batch may be), so that padding never enters the statistics.
+    """
     import torch
 
     from minitron.errors import MinitronError
 
     if samples <= 0:
-        raise MinitronError(f"calibration samples={samples} must be positive; the paper uses 1024")
+        raise MinitronError(f"calib.samples={samples} must be positive; the paper uses 1024")
     if samples > len(dataset):
         raise MinitronError(
-            f"calibration samples={samples} exceeds the {len(dataset)} packed blocks of the data; lower it or use more data"
+            f"calib.samples={samples} exceeds the {len(dataset)} packed blocks of the train split; "
+            "lower calib.samples or calib.seq_len, or use more data"
         )
-    ids = torch.tensor(dataset.select(range(samples))["input_ids"], dtype=torch.long)
-    return list(ids.split(batch_size))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(int(seed)))
+    picked = dataset.select(sorted(order[:samples].tolist()))
+    ids = torch.tensor(picked["input_ids"], dtype=torch.long)
+    mask = torch.tensor(picked["attention_mask"], dtype=torch.long)
+    batches = []
+    for b_ids, b_mask in zip(ids.split(batch_size), mask.split(batch_size)):
+        batches.append({"input_ids": b_ids} if bool(b_mask.all()) else {"input_ids": b_ids, "attention_mask": b_mask})
+    return batches

@@ -136,9 +136,14 @@ def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, 
     model, tokenizer = load_checkpoint(result.path)
     assert type(model).__name__ == "NemotronForCausalLM" and not model.training
     data = packed_data(cfg, tokenizer)
-    batches = calibration_batches(data["train"], 10, 4)
-    assert [tuple(b.shape) for b in batches] == [(4, 64), (4, 64), (2, 64)]
-    assert torch.equal(torch.cat(batches), torch.tensor(data["train"][:10]["input_ids"]))
+    batches = calibration_batches(data["train"], 10, 4, seed=3)
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(4, 64), (4, 64), (2, 64)]
+    assert all("attention_mask" not in b or not bool(b["attention_mask"].all()) for b in batches)
+    rows = torch.cat([b["input_ids"] for b in batches])
+    all_rows = torch.tensor(data["train"]["input_ids"])
+    assert all(any(torch.equal(r, a) for a in all_rows) for r in rows)  # drawn from the train blocks
+    again = calibration_batches(data["train"], 10, 4, seed=3)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again))  # seeded
     with pytest.raises(MinitronError, match="samples=0"):
         calibration_batches(data["train"], 0, 4)
     with pytest.raises(MinitronError, match="teacher="):

@@ -1,0 +1,16 @@
+"""Importance scores of every prunable axis (embedding channels, attention heads and KV groups, MLP neurons,
+layers), in memory (`estimate`) or one layer at a time from a checkpoint (`estimate_streaming`).
+
+    imp = estimate(model, batches)                 # defaults: batch l2, sequence mean, mlp_site post, depth bi+loss
+    imp.save("importance.safetensors")
+    Importance.load("importance.safetensors").check_model(model.config)   # before pruning with it
+
+PNG views of a result are in `minitron.importance.plots` (kept out of this import: matplotlib is slow to load).
+"""
+
+from minitron.importance.aggregate import AGGREGATORS
+from minitron.importance.estimate import estimate
+from minitron.importance.scores import Importance, config_hash
+from minitron.importance.streaming import StreamingStats, estimate_streaming
+
+__all__ = ["AGGREGATORS", "Importance", "StreamingStats", "config_hash", "estimate", "estimate_streaming"]

@@ -1,0 +1,385 @@
+"""Importance of an in-memory model: one forward pass per calibration batch, with hooks.
+
+Width scores (see `aggregate` for the statistics) are read by hooks on the modules the family adapter names:
+
+- `hidden`: the outputs of the two per-layer norms, summed over the 2 * num_hidden_layers norms;
+- `heads`: the input of `o_proj`, per dimension, then the L2 norm over each head's `head_dim` dimensions;
+  `kv_groups`: the L2 norm of the scores of the query heads of each KV group;
+- `mlp`: the input of `down_proj` (after the activation and the gate), or with `mlp_site="pre"` the output of
+  `up_proj` (the paper's X W1^T).
+
+Depth scores:
+
+- `layers` (Block Importance): 1 - mean over the unmasked tokens of cos(input, output) of each decoder layer;
+- `layers_loss`: the next-token LM loss (targets: input_ids shifted by one; a target counts when both its
+  position and the one before are unmasked) with one layer skipped, i.e. returning its input. The model is
+  never edited: each batch's layer inputs are kept from the scoring pass and the layers after the skipped
+  one are re-run on them, L (L - 1) / 2 layer calls and L head calls per batch on top of the scoring pass.
+
+The scoring pass runs the decoder stack only (the LM head is not needed for it), under `torch.no_grad()`, in
+eval mode. Masked positions (`attention_mask == 0`, right padding) are left out of every statistic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from minitron.errors import MinitronError
+from minitron.importance.aggregate import RunningScore, Tokens, check_aggregator
+from minitron.importance.scores import DEPTH_AXES, Importance, config_hash
+from minitron.models import FamilyAdapter, get_adapter
+
+BatchLike = Union[Tensor, Mapping[str, Tensor]]
+MLP_SITES: tuple[str, ...] = ("post", "pre")
+_LOGIT_ELEMENTS = 1 << 24  # rows of logits are computed in chunks of at most this many elements
+
+
+def check_options(batch_agg: str, seq_agg: str, mlp_site: str, depth: Iterable[str] | str) -> tuple[str, ...]:
+    """Validate the options; return `depth` as a tuple."""
+    check_aggregator(batch_agg, "batch_agg")
+    check_aggregator(seq_agg, "seq_agg")
+    if mlp_site not in MLP_SITES:
+        raise MinitronError(f"mlp_site='{mlp_site}' is not a site; expected one of {', '.join(MLP_SITES)}")
+    depth = (depth,) if isinstance(depth, str) else tuple(depth)
+    for d in depth:
+        if d not in DEPTH_AXES:
+            raise MinitronError(f"depth='{d}' is not a depth score; expected any of {', '.join(DEPTH_AXES)}")
+    return depth
+
+
+# ---- batches ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Batch:
+    """One calibration batch on the model's device. `attention_mask` is None when nothing is padded (the
+    model then takes its unpadded fast path); `target_mask` [batch, seq - 1] marks the next-token targets."""
+
+    input_ids: Tensor
+    attention_mask: Tensor | None
+    tokens: Tokens
+    target_mask: Tensor | None
+    num_targets: int
+
+
+def prepare_batch(raw: BatchLike, device: torch.device) -> Batch | None:
+    """A `Batch` from an `input_ids` tensor or a dict with `input_ids` and an optional `attention_mask`;
+    samples without any unmasked token are dropped, and None is returned when none is left."""
+    if isinstance(raw, Mapping):
+        if "input_ids" not in raw:
+            raise MinitronError(f"a calibration batch dict needs 'input_ids'; got keys {sorted(raw)}")
+        input_ids, mask = raw["input_ids"], raw.get("attention_mask")
+    else:
+        input_ids, mask = raw, None
+    if not isinstance(input_ids, Tensor) or input_ids.is_floating_point() or input_ids.dim() not in (1, 2):
+        raise MinitronError("calibration input_ids must be an integer tensor [batch, seq]")
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+        mask = None if mask is None else mask.reshape(1, -1)
+    if mask is not None:
+        if mask.shape != input_ids.shape:
+            raise MinitronError(
+                f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
+        mask = mask.to(torch.long)
+        keep = mask.sum(1) > 0
+        if not bool(keep.all()):
+            input_ids, mask = input_ids[keep], mask[keep]
+        if bool(mask.all()):
+            mask = None
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        return None
+    input_ids = input_ids.to(device=device, dtype=torch.long)
+    mask = None if mask is None else mask.to(device)
+    tokens = Tokens.of(mask, input_ids.shape, input_ids.device)
+    if mask is None:
+        target_mask, num_targets = None, input_ids.shape[0] * (input_ids.shape[1] - 1)
+    else:
+        target_mask = tokens.mask[:, :-1] & tokens.mask[:, 1:]
+        num_targets = int(target_mask.sum())
+    return Batch(input_ids, mask, tokens, target_mask, num_targets)
+
+
+class Corpus:
+    """Counts the calibration samples and tokens and fingerprints their unmasked token ids (independent of
+    how the samples are batched and padded)."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.tokens = 0
+        self.seq_len = 0
+        self._sha = hashlib.sha256()
+
+    def add(self, batch: Batch) -> None:
+        ids = batch.input_ids.cpu()
+        mask = None if batch.attention_mask is None else batch.attention_mask.cpu().bool()
+        for n in range(ids.shape[0]):
+            row = ids[n] if mask is None else ids[n][mask[n]]
+            self._sha.update(len(row).to_bytes(8, "little"))
+            self._sha.update(row.numpy().astype("<i8").tobytes())
+        self.samples += ids.shape[0]
+        self.tokens += batch.tokens.total
+        self.seq_len = max(self.seq_len, ids.shape[1])
+
+    def fingerprint(self) -> str:
+        return self._sha.hexdigest()[:16]
+
+
+def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
+    """1 - cos(a, b) over the last dimension, in float32 (a dot product and two norms: on CPU about twice as
+    fast as `F.cosine_similarity`)."""
+    a, b = a.float(), b.float()
+    norms = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+    return 1 - torch.linalg.vecdot(a, b) / norms.clamp_min(1e-12)
+
+
+# ---- hooks ------------------------------------------------------------------------------------------------
+class ScoreCollector:
+    """Hooks that feed the running scores. Set `tokens` before each batch; `paused()` silences the hooks."""
+
+    def __init__(
+        self,
+        adapter: FamilyAdapter,
+        *,
+        seq_agg: str,
+        batch_agg: str,
+        mlp_site: str,
+        block_importance: bool,
+        keep_layer_inputs: bool = False,
+    ):
+        self.adapter = adapter
+        self.mlp_site = mlp_site
+        self.block_importance = block_importance
+        self.keep_layer_inputs = keep_layer_inputs
+        n = adapter.num_layers
+        new = partial(RunningScore, seq_agg, batch_agg)
+        self.norm_scores = [[new() for _ in adapter.norms(i)] for i in range(n)]
+        self.head_scores = [new() for _ in range(n)]
+        self.mlp_scores = [new() for _ in range(n)]
+        self.bi_sums: list[Tensor | None] = [None] * n
+        self.bi_tokens = [0] * n
+        # layer index -> (input hidden states, other positional args, keyword args) of the current batch
+        self.layer_inputs: dict[int, tuple[Tensor, tuple, dict[str, Any]]] = {}
+        self.tokens: Tokens | None = None
+        self.enabled = True
+
+    @contextmanager
+    def attached(self, model: nn.Module) -> Iterator[ScoreCollector]:
+        """Register the hooks on `model` (a real model or a meta skeleton); they are removed on exit, also on error."""
+        a = self.adapter
+        handles = []
+        try:
+            for i in range(a.num_layers):
+                for path, score in zip(a.norms(i), self.norm_scores[i]):
+                    handles.append(a.module(model, path).register_forward_hook(partial(self._on_output, score)))
+                o_proj = a.module(model, a.o_proj(i))
+                handles.append(o_proj.register_forward_pre_hook(partial(self._on_input, self.head_scores[i])))
+                if self.mlp_site == "post":
+                    down = a.module(model, a.down_proj(i))
+                    handles.append(down.register_forward_pre_hook(partial(self._on_input, self.mlp_scores[i])))
+                else:
+                    up = a.module(model, a.up_proj(i))
+                    handles.append(up.register_forward_hook(partial(self._on_output, self.mlp_scores[i])))
+                if self.block_importance or self.keep_layer_inputs:
+                    layer = a.module(model, a.layer(i))
+                    handles.append(layer.register_forward_hook(partial(self._on_layer, i), with_kwargs=True))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self.layer_inputs.clear()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        enabled, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = enabled
+
+    def _on_output(self, score: RunningScore, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if self.enabled:
+            score.update(output, self.tokens)
+
+    def _on_input(self, score: RunningScore, module: nn.Module, args: tuple) -> None:
+        if self.enabled:
+            score.update(args[0], self.tokens)
+
+    def _on_layer(self, i: int, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        if not self.enabled:
+            return
+        hidden_in = args[0] if args else kwargs["hidden_states"]
+        if self.block_importance:
+            hidden_out = output[0] if isinstance(output, tuple) else output
+            distance = cosine_distance(hidden_in, hidden_out)
+            if self.tokens.mask is not None:
+                distance = torch.where(self.tokens.mask, distance, 0)
+            part = distance.sum()
+            self.bi_sums[i] = part if self.bi_sums[i] is None else self.bi_sums[i] + part
+            self.bi_tokens[i] += self.tokens.total
+        if self.keep_layer_inputs:
+            rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            self.layer_inputs[i] = (hidden_in, tuple(args[1:]), rest)
+
+    def scores(self) -> dict[str, Tensor | None]:
+        """Width scores and Block Importance, float32 on the CPU."""
+        a = self.adapter
+        hidden = sum(score.value() for per_layer in self.norm_scores for score in per_layer)
+        heads = torch.stack(
+            [torch.linalg.vector_norm(s.value().view(a.num_heads, a.head_dim), dim=-1) for s in self.head_scores]
+        )
+        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_heads)], device=heads.device)
+        kv_groups = torch.zeros(a.num_layers, a.num_kv_heads, device=heads.device)
+        kv_groups = kv_groups.index_add_(1, group, heads.square()).sqrt()
+        mlp = torch.stack([s.value() for s in self.mlp_scores])
+        layers = None
+        if self.block_importance:
+            layers = torch.stack([s / n for s, n in zip(self.bi_sums, self.bi_tokens)])
+        out = dict(hidden=hidden, heads=heads, mlp=mlp, kv_groups=kv_groups, layers=layers)
+        return {k: None if v is None else v.detach().float().cpu() for k, v in out.items()}
+
+
+# ---- layers_loss ------------------------------------------------------------------------------------------
+def call_layer(layer: nn.Module, hidden: Tensor, args: tuple, kwargs: dict[str, Any]) -> Tensor:
+    out = layer(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def lm_loss_sum(hidden: Tensor, batch: Batch, final_norm: nn.Module, lm_head: nn.Module, vocab: int) -> Tensor:
+    """Sum of the next-token cross entropies of `batch` from last-layer hidden states (float32)."""
+    h, y = hidden[:, :-1], batch.input_ids[:, 1:]
+    if batch.target_mask is None:
+        h, y = h.reshape(-1, h.shape[-1]), y.reshape(-1)
+    else:
+        h, y = h[batch.target_mask], y[batch.target_mask]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    rows = max(1, _LOGIT_ELEMENTS // vocab)
+    for start in range(0, y.shape[0], rows):
+        logits = lm_head(final_norm(h[start : start + rows]))
+        total = total + F.cross_entropy(logits.float(), y[start : start + rows], reduction="sum")
+    return total
+
+
+class SkipLoss:
+    """Running sums of the LM loss with each layer skipped."""
+
+    def __init__(self, num_layers: int):
+        self.sums: list[Tensor | None] = [None] * num_layers
+        self.targets = 0
+
+    def add(self, layer: int, loss_sum: Tensor) -> None:
+        self.sums[layer] = loss_sum if self.sums[layer] is None else self.sums[layer] + loss_sum
+
+    def value(self) -> Tensor:
+        if self.targets == 0:
+            raise MinitronError("layers_loss needs calibration samples of at least two unmasked tokens")
+        return torch.stack([s.detach().cpu() for s in self.sums]).float() / self.targets
+
+
+def build_importance(
+    scores: dict[str, Tensor | None],
+    skip_loss: SkipLoss | None,
+    corpus: Corpus,
+    config: Any,
+    *,
+    batch_agg: str,
+    seq_agg: str,
+    mlp_site: str,
+) -> Importance:
+    if corpus.samples == 0:
+        raise MinitronError("no calibration tokens: every batch was empty or fully masked")
+    return Importance(
+        **scores,
+        layers_loss=None if skip_loss is None else skip_loss.value(),
+        batch_agg=batch_agg,
+        seq_agg=seq_agg,
+        mlp_site=mlp_site,
+        num_samples=corpus.samples,
+        num_tokens=corpus.tokens,
+        seq_len=corpus.seq_len,
+        config_hash=config_hash(config),
+        corpus_fingerprint=corpus.fingerprint(),
+    )
+
+
+# ---- entry point ------------------------------------------------------------------------------------------
+def estimate(
+    model: PreTrainedModel,
+    batches: Iterable[BatchLike],
+    *,
+    batch_agg: str = "l2",
+    seq_agg: str = "mean",
+    mlp_site: str = "post",
+    depth: Iterable[str] = ("bi", "loss"),
+    progress: bool = True,
+) -> Importance:
+    """Score every prunable axis of `model` on the calibration `batches` (consumed once).
+
+    `batches` yields `input_ids` [batch, seq] or dicts with `input_ids` and an optional `attention_mask`
+    (right padding). `depth` picks the depth scores to compute, among "bi" (`layers`) and "loss"
+    (`layers_loss`); the others are None.
+    """
+    depth = check_options(batch_agg, seq_agg, mlp_site, depth)
+    adapter = get_adapter(model)
+    device = next(model.parameters()).device
+    decoder = model.get_submodule(adapter.prefix)
+    layers = adapter.layers(model)
+    head = (model.get_submodule(adapter.final_norm), model.get_submodule(adapter.lm_head))
+    collector = ScoreCollector(
+        adapter,
+        seq_agg=seq_agg,
+        batch_agg=batch_agg,
+        mlp_site=mlp_site,
+        block_importance="bi" in depth,
+        keep_layer_inputs="loss" in depth,
+    )
+    skip_loss = SkipLoss(adapter.num_layers) if "loss" in depth else None
+    corpus = Corpus()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), collector.attached(model):
+            for raw in tqdm(batches, desc="importance", unit="batch", disable=not progress):
+                batch = prepare_batch(raw, device)
+                if batch is None:
+                    continue
+                corpus.add(batch)
+                collector.tokens = batch.tokens
+                decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+                if skip_loss is not None:
+                    with collector.paused():
+                        _replay_skips(layers, collector.layer_inputs, head, batch, skip_loss, adapter.config.vocab_size)
+                    collector.layer_inputs.clear()
+    finally:
+        model.train(was_training)
+    scores = collector.scores() if corpus.samples else {}
+    return build_importance(
+        scores, skip_loss, corpus, model.config, batch_agg=batch_agg, seq_agg=seq_agg, mlp_site=mlp_site
+    )
+
+
+def _replay_skips(
+    layers: nn.ModuleList,
+    inputs: dict[int, tuple[Tensor, tuple, dict[str, Any]]],
+    head: tuple[nn.Module, nn.Module],
+    batch: Batch,
+    skip_loss: SkipLoss,
+    vocab: int,
+) -> None:
+    """For each layer i, run layers i+1.. on the input layer i received, as if layer i returned its input."""
+    n = len(layers)
+    for i in range(n):
+        hidden = inputs[i][0]
+        for j in range(i + 1, n):
+            hidden = call_layer(layers[j], hidden, inputs[j][1], inputs[j][2])
+        skip_loss.add(i, lm_loss_sum(hidden, batch, *head, vocab))
+    skip_loss.targets += batch.num_targets

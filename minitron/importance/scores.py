@@ -1,0 +1,158 @@
+"""The scores of one importance run, and their file: one safetensors file, tensors plus JSON metadata.
+
+Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, and the depth scores that were computed
+(`layers`, `layers_loss`). Every metadata value is a JSON string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from transformers import PretrainedConfig
+
+from minitron.errors import MinitronError
+from minitron.io import atomic_path
+from minitron.models import get_adapter
+
+FILE_KIND = "minitron-importance"
+FILE_VERSION = 1
+WIDTH_AXES: tuple[str, ...] = ("hidden", "heads", "mlp", "kv_groups")
+DEPTH_AXES: dict[str, str] = {"bi": "layers", "loss": "layers_loss"}  # `depth` option -> tensor name
+_VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
+
+
+def config_hash(config: PretrainedConfig) -> str:
+    """A short hash of the architecture fields of `config`; unchanged by a save/load round trip or a dtype cast."""
+    fields = json.loads(config.to_json_string(use_diff=False))
+    for key in _VOLATILE_CONFIG_FIELDS:
+        fields.pop(key, None)
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Importance:
+    """Importance scores, all float32 on the CPU; depth scores that were not requested are None.
+
+    hidden      [hidden_size]                         summed over the two per-layer norms of every layer
+    heads       [num_hidden_layers, num_attention_heads]
+    mlp         [num_hidden_layers, intermediate_size]
+    kv_groups   [num_hidden_layers, num_key_value_heads]
+    layers      [num_hidden_layers]  Block Importance, 1 - mean cos(layer input, layer output)
+    layers_loss [num_hidden_layers]  LM loss with that one layer skipped
+    """
+
+    hidden: Tensor
+    heads: Tensor
+    mlp: Tensor
+    kv_groups: Tensor
+    layers: Tensor | None
+    layers_loss: Tensor | None
+    batch_agg: str
+    seq_agg: str
+    mlp_site: str
+    num_samples: int
+    num_tokens: int
+    seq_len: int
+    config_hash: str
+    corpus_fingerprint: str
+
+    def __post_init__(self) -> None:
+        num_layers = self.heads.shape[0]
+        for name, tensor in self.tensors().items():
+            if tensor.dtype != torch.float32:
+                raise MinitronError(f"importance tensor '{name}' is {tensor.dtype}, expected torch.float32")
+            if name != "hidden" and tensor.shape[0] != num_layers:
+                raise MinitronError(
+                    f"importance tensor '{name}' has {tensor.shape[0]} layers but 'heads' has {num_layers}"
+                )
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The scores that are present, by name."""
+        names = (*WIDTH_AXES, *DEPTH_AXES.values())
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "kind": FILE_KIND,
+            "version": FILE_VERSION,
+            "batch_agg": self.batch_agg,
+            "seq_agg": self.seq_agg,
+            "mlp_site": self.mlp_site,
+            "depth": [opt for opt, name in DEPTH_AXES.items() if getattr(self, name) is not None],
+            "num_samples": self.num_samples,
+            "num_tokens": self.num_tokens,
+            "seq_len": self.seq_len,
+            "config_hash": self.config_hash,
+            "corpus_fingerprint": self.corpus_fingerprint,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the scores to `path` atomically (a temporary sibling, then a rename)."""
+        tensors = {n: t.detach().cpu().contiguous() for n, t in self.tensors().items()}
+        metadata = {k: json.dumps(v) for k, v in self.metadata().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Importance:
+        path = Path(path)
+        if not path.is_file():
+            raise MinitronError(f"importance file {path} does not exist; run `minitron score` first")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                raw = f.metadata() or {}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
+            meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
+        except (OSError, ValueError, SafetensorError) as e:  # JSONDecodeError is a ValueError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise MinitronError(
+                f"{path} is not a readable importance file ({first}); pass a file written by `minitron score`"
+            ) from None
+        if meta.get("kind") != FILE_KIND:
+            raise MinitronError(f"{path} is not a minitron importance file (metadata 'kind' is {meta.get('kind')!r})")
+        expected = set(WIDTH_AXES) | {DEPTH_AXES[d] for d in meta.get("depth", [])}
+        if set(tensors) != expected:
+            raise MinitronError(
+                f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)} (metadata depth={meta.get('depth')})"
+            )
+        return cls(
+            **{name: tensors.get(name) for name in (*WIDTH_AXES, *DEPTH_AXES.values())},
+            **{k: meta[k] for k in ("batch_agg", "seq_agg", "mlp_site", "num_samples", "num_tokens", "seq_len")},
+            config_hash=meta["config_hash"],
+            corpus_fingerprint=meta["corpus_fingerprint"],
+        )
+
+    def check_model(self, config: PretrainedConfig) -> None:
+        """Fail with a one-line MinitronError unless these scores were computed for a model with this config:
+        first the shapes (the message names the tensor), then the hash of every architecture field."""
+        a = get_adapter(config)
+        expected = {
+            "hidden": (a.hidden_size,),
+            "heads": (a.num_layers, a.num_heads),
+            "mlp": (a.num_layers, a.intermediate_size),
+            "kv_groups": (a.num_layers, a.num_kv_heads),
+            "layers": (a.num_layers,),
+            "layers_loss": (a.num_layers,),
+        }
+        for name, tensor in self.tensors().items():
+            if tuple(tensor.shape) != expected[name]:
+                raise MinitronError(
+                    f"importance tensor '{name}' has shape {tuple(tensor.shape)} but this model needs "
+                    f"{expected[name]}: the scores file was computed for another model; re-run `minitron score` on it"
+                )
+        mine = config_hash(config)
+        if mine != self.config_hash:
+            raise MinitronError(
+                f"the scores file was computed for another model (config hash {self.config_hash}, this model {mine}); "
+                "re-run `minitron score` on it"
+            )
