@@ -225,6 +225,32 @@ class FamilyAdapter:
             names.append(f"{self.lm_head}.weight")
         return names
 
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor in `tensor_names()`, from the config alone (no model is built)."""
+        h, ffn, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv, vocab = self.num_heads * hd, self.num_kv_heads * hd, self.config.vocab_size
+        known: dict[str, tuple[int, ...]] = {f"{self.embed}.weight": (vocab, h), f"{self.lm_head}.weight": (vocab, h)}
+        norms = [self.final_norm] + [n for i in range(self.num_layers) for n in self.norms(i)]
+        for norm in norms:
+            known.update({t.name: (h,) for t in self._norm(norm)})
+        for i in range(self.num_layers):
+            linears = [(self.q_proj(i), q, h), (self.k_proj(i), kv, h), (self.v_proj(i), kv, h), (self.o_proj(i), h, q)]
+            linears += [(p, ffn, h) for p in self.mlp_in(i)] + [(self.down_proj(i), h, ffn)]
+            for path, rows, cols in linears:
+                known[f"{path}.weight"] = (rows, cols)
+                known[f"{path}.bias"] = (rows,)
+        return {name: known[name] for name in self.tensor_names()}
+
+    def num_parameters(self) -> int:
+        """The exact parameter count of this config (a tied `lm_head` counted once), without building a model."""
+        total = 0
+        for shape in self.tensor_shapes().values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
     def _check_layer(self, i: int) -> None:
         if not 0 <= i < self.num_layers:
             raise MinitronError(f"layer index {i} is out of range: the model has {self.num_layers} layers (0..{self.num_layers - 1})")

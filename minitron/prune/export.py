@@ -1,0 +1,228 @@
+"""Write a pruned checkpoint: from an in-memory model (`save_checkpoint`), or straight from a teacher checkpoint on
+disk one tensor at a time (`prune_checkpoint_streaming`) for models larger than memory.
+
+Both write safetensors shards (one `model.safetensors`, or `model-0000i-of-0000n.safetensors` plus
+`model.safetensors.index.json` above `max_shard_size`), `config.json`, `generation_config.json` and the
+tokenizer, into a temporary sibling folder that is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, GenerationConfig, PreTrainedModel
+
+from minitron.errors import MinitronError
+from minitron.io import atomic_path
+from minitron.prune.plan import PrunePlan, make_plan
+
+if TYPE_CHECKING:
+    from minitron.importance import Importance
+
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string like '5GB', '500MB', '10KiB'."""
+    if isinstance(size, int):
+        return size
+    text = str(size).strip().upper()
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            try:
+                return int(float(text[: -len(unit)]) * factor)
+            except ValueError:
+                break
+    raise MinitronError(f"max_shard_size={size!r} is not a size; write e.g. 5GB or 500MB")
+
+
+@contextmanager
+def output_folder(out: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder that replaces `out` on success; refuses a non-empty `out` unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MinitronError(f"out={out} is a file; give a folder for the pruned checkpoint")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise MinitronError(f"out={out} is not empty; pass overwrite=true or choose another folder")
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        yield tmp
+
+
+def save_checkpoint(
+    model: PreTrainedModel, tokenizer: Any, out: str | os.PathLike, *, max_shard_size: int | str = "5GB", overwrite: bool = False
+) -> Path:
+    """`save_pretrained` of `model` (safetensors, sharded above `max_shard_size`) and `tokenizer`, atomically."""
+    with output_folder(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=parse_size(max_shard_size))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
+def load_key_mapping(cls: type[PreTrainedModel], checkpoint_prefix: str = "model") -> dict[str, str] | None:
+    """The `key_mapping` that `cls.from_pretrained` needs for a causal-LM checkpoint whose base weights sit under
+    `checkpoint_prefix.`; None when the class uses that prefix already. (In transformers 5,
+    `NemotronForQuestionAnswering` keeps its base model under `transformer.` while every Nemotron checkpoint,
+    NVIDIA's included, stores it under `model.`.)"""
+    prefix = getattr(cls, "base_model_prefix", checkpoint_prefix)
+    if prefix == checkpoint_prefix:
+        return None
+    return {rf"^{checkpoint_prefix}\.": f"{prefix}."}
+
+
+# ---- streaming ------------------------------------------------------------------------------------------
+class CheckpointReader:
+    """Tensor-by-tensor access to a safetensors checkpoint folder (single file or sharded with an index)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        index = self.folder / INDEX
+        if index.is_file():
+            self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        elif (self.folder / WEIGHTS).is_file():
+            with safe_open(str(self.folder / WEIGHTS), framework="pt") as f:
+                self.weight_map = {name: WEIGHTS for name in f.keys()}
+        else:
+            raise MinitronError(
+                f"teacher={self.folder} has no {WEIGHTS} or {INDEX}; streaming export needs a safetensors checkpoint"
+            )
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype name of `name` (read from the header only)."""
+        with safe_open(str(self.folder / self.weight_map[name]), framework="pt", device="cpu") as f:
+            dtype = f.get_slice(name).get_dtype()
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise MinitronError(f"tensor '{name}' has dtype {dtype}, which the streaming export does not handle")
+        return dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise MinitronError(f"teacher checkpoint {self.folder} has no tensor '{name}'")
+        with safe_open(str(self.folder / self.weight_map[name]), framework="pt", device="cpu") as f:
+            return f.get_tensor(name)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1,
+}
+
+
+def _shard_plan(sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most `limit` bytes (a larger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes.items():
+        if shards[-1] and used + size > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def write_safetensors_streaming(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], produce) -> None:
+    """Write a safetensors file whose tensors are produced one at a time by `produce(name)`, so that only one
+    tensor is in memory. `specs` maps each name to its (safetensors dtype, shape), known before any data: the
+    header (8-byte little-endian length, then JSON with each tensor's byte range) is written first."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        numel = 1
+        for d in shape:
+            numel *= d
+        size = numel * _SAFETENSORS_DTYPES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name, (_, shape) in specs.items():
+            tensor = produce(name)
+            if tuple(tensor.shape) != tuple(shape):
+                raise MinitronError(f"pruned tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
+            del tensor  # released before the next one is read
+
+
+def prune_checkpoint_streaming(
+    teacher: str | os.PathLike,
+    importance: Importance | None,
+    target: Any,
+    out: str | os.PathLike,
+    *,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+) -> PrunePlan:
+    """Prune the checkpoint folder `teacher` into `out` without loading the model: each pruned tensor is read
+    from its source, sliced and appended to its shard, so peak memory is about one source tensor and its slice."""
+    teacher = Path(teacher)
+    config = AutoConfig.from_pretrained(str(teacher), trust_remote_code=trust_remote_code)
+    plan = make_plan(config, importance, target)  # every check happens before anything is written
+    reader = CheckpointReader(teacher)
+    shapes = plan.pruned_adapter.tensor_shapes()
+    specs: dict[str, tuple[str, tuple[int, ...]]] = {}
+    sizes: dict[str, int] = {}
+    for name, shape in shapes.items():
+        source = plan.source_name(name)
+        if source not in reader:
+            raise MinitronError(f"teacher checkpoint {teacher} has no tensor '{source}'")
+        dtype = reader.dtype(source)
+        numel = 1
+        for d in shape:
+            numel *= d
+        specs[name], sizes[name] = (dtype, shape), numel * _SAFETENSORS_DTYPES[dtype]
+    shards = _shard_plan(sizes, parse_size(max_shard_size))
+    files = [WEIGHTS] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+
+    def produce(name: str) -> torch.Tensor:
+        source = plan.source_name(name)
+        return plan.apply(source, reader.get(source))
+
+    with output_folder(out, overwrite=overwrite) as tmp:
+        weight_map = {}
+        for names, file in zip(shards, files):
+            write_safetensors_streaming(tmp / file, {n: specs[n] for n in names}, produce)
+            weight_map.update({n: file for n in names})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        new_config = plan.config
+        new_config.architectures = list(getattr(config, "architectures", None) or [])
+        new_config.save_pretrained(tmp)
+        _copy_generation_config(teacher, tmp)
+        _copy_tokenizer(teacher, tmp)
+    return plan
+
+
+def _copy_generation_config(teacher: Path, out: Path) -> None:
+    if (teacher / "generation_config.json").is_file():
+        GenerationConfig.from_pretrained(str(teacher)).save_pretrained(out)
+
+
+def _copy_tokenizer(teacher: Path, out: Path) -> None:
+    """The teacher's tokenizer, re-saved (so the files match what `save_pretrained` of the tokenizer writes)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(teacher))
+    except (OSError, ValueError):
+        return  # a checkpoint without a tokenizer stays without one
+    tokenizer.save_pretrained(out)
+

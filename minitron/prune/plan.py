@@ -1,0 +1,261 @@
+"""What to keep: the index of every kept channel, neuron, head, KV group and layer, and how each tensor is cut.
+
+A `PrunePlan` is computed from a source config, importance scores and a `Target`, before any tensor is touched,
+so that every impossible request fails first. It then slices one state-dict tensor at a time (`apply`), which
+serves both the in-memory pruner and the streaming export that reads a checkpoint tensor by tensor.
+
+Indices are always kept in their original order (a keep-everything plan is the identity), and each axis keeps
+the top-ranked units by importance with ties broken towards the lower index.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+from transformers import PretrainedConfig
+
+from minitron.errors import MinitronError
+from minitron.models import FamilyAdapter, get_adapter
+from minitron.prune.target import Shape, Target
+
+if TYPE_CHECKING:
+    from minitron.importance import Importance
+
+_LAYER_KEY = re.compile(r"^(?P<prefix>.*\.layers\.)(?P<index>\d+)(?P<rest>\..*)$")
+
+
+def top_k(scores: Tensor, k: int) -> Tensor:
+    """Indices of the k largest scores, in ascending index order (ties go to the lower index)."""
+    if k >= scores.numel():
+        return torch.arange(scores.numel())
+    order = torch.argsort(scores.float(), descending=True, stable=True)
+    return order[:k].sort().values
+
+
+def expand(index: Tensor, unit: int) -> Tensor:
+    """Element indices of the units in `index` (unit i owns elements i*unit .. i*unit + unit - 1)."""
+    if unit == 1:
+        return index
+    return (index[:, None] * unit + torch.arange(unit)).reshape(-1)
+
+
+def check_scores(importance: Importance, config: PretrainedConfig) -> None:
+    """Fail with one line unless `importance` was computed for a model of this config."""
+    a = get_adapter(config)
+    expected = {
+        "hidden": (a.hidden_size,),
+        "heads": (a.num_layers, a.num_heads),
+        "mlp": (a.num_layers, a.intermediate_size),
+        "kv_groups": (a.num_layers, a.num_kv_heads),
+        "layers": (a.num_layers,),
+        "layers_loss": (a.num_layers,),
+    }
+    for name, shape in expected.items():
+        tensor = getattr(importance, name, None)
+        if tensor is not None and tuple(tensor.shape) != shape:
+            raise MinitronError(
+                f"the scores file was made for another model: its '{name}' scores have shape {tuple(tensor.shape)}, "
+                f"this model needs {shape}; re-run `minitron score` on this model"
+            )
+    for method in ("check_model", "check_matches"):  # the importance module's own check, when it has one
+        check = getattr(importance, method, None)
+        if callable(check):
+            check(config)
+            return
+
+
+@dataclass
+class PrunePlan:
+    """Kept indices per axis (source numbering) and the pruned config."""
+
+    source: PretrainedConfig
+    config: PretrainedConfig
+    keep_layers: list[int]
+    hidden: Tensor
+    heads: dict[int, Tensor]  # source layer -> kept query heads
+    kv_groups: dict[int, Tensor]  # source layer -> kept KV heads
+    mlp: dict[int, Tensor]  # source layer -> kept neurons
+    fold: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept head, pruned head) pairs
+    _cuts: dict[str, list[tuple[int, Tensor]]] = field(default_factory=dict, repr=False)
+    _folds: dict[str, tuple[int, int, list[tuple[int, int]]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index_tensors()
+
+    @property
+    def adapter(self) -> FamilyAdapter:
+        return get_adapter(self.source)
+
+    @property
+    def pruned_adapter(self) -> FamilyAdapter:
+        return get_adapter(self.config)
+
+    def _cut(self, name: str, dim: int, index: Tensor) -> None:
+        self._cuts.setdefault(name, []).append((dim, index))
+
+    def _index_tensors(self) -> None:
+        a = self.adapter
+        full_hidden = len(self.hidden) == a.hidden_size
+        if not full_hidden:
+            for t in a.axis_tensors("hidden"):
+                if _layer_of(t.name) in (None, *self.keep_layers):
+                    self._cut(t.name, t.dim, expand(self.hidden, t.unit))
+        for i in self.keep_layers:
+            head_slices = a.axis_tensors("heads", i)
+            if len(self.heads[i]) != a.num_heads:
+                for t in head_slices:
+                    self._cut(t.name, t.dim, expand(self.heads[i], t.unit))
+            if len(self.kv_groups[i]) != a.num_kv_heads:
+                q_and_o = {t.name for t in head_slices}
+                for t in a.axis_tensors("kv_groups", i):
+                    if t.name not in q_and_o:  # q rows and o columns follow the kept heads above
+                        self._cut(t.name, t.dim, expand(self.kv_groups[i], t.unit))
+            if len(self.mlp[i]) != a.intermediate_size:
+                for t in a.axis_tensors("mlp", i):
+                    self._cut(t.name, t.dim, expand(self.mlp[i], t.unit))
+            if self.fold.get(i):
+                # Multi-head attention: a head owns its K and V rows too; with GQA they are shared by the group.
+                owned = a.axis_tensors("kv_groups", i) if a.heads_per_group == 1 else head_slices
+                for t in owned:
+                    self._folds[t.name] = (t.dim, t.unit, self.fold[i])
+
+    # ---- names -------------------------------------------------------------------------------------
+    def rename(self, name: str) -> str | None:
+        """The pruned model's key for source key `name`; None when its layer is dropped."""
+        m = _LAYER_KEY.match(name)
+        if m is None:
+            return name
+        old = int(m["index"])
+        if old not in self._new_index:
+            return None
+        return f"{m['prefix']}{self._new_index[old]}{m['rest']}"
+
+    def source_name(self, name: str) -> str:
+        """The source key a pruned key comes from."""
+        m = _LAYER_KEY.match(name)
+        if m is None:
+            return name
+        return f"{m['prefix']}{self.keep_layers[int(m['index'])]}{m['rest']}"
+
+    @property
+    def _new_index(self) -> dict[int, int]:
+        return {old: new for new, old in enumerate(self.keep_layers)}
+
+    # ---- tensors -----------------------------------------------------------------------------------
+    def apply(self, name: str, tensor: Tensor) -> Tensor:
+        """Slice source tensor `name` to its pruned shape (a new tensor; the input is left unchanged)."""
+        fold = self._folds.get(name)
+        if fold is not None:
+            tensor = _fold_heads(tensor, *fold)
+        for dim, index in self._cuts.get(name, ()):
+            tensor = tensor.index_select(dim, index.to(tensor.device))
+        return tensor
+
+    def state_dict(self, source: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The pruned state dict from a source one, checked against the pruned config's names and shapes."""
+        shapes = self.pruned_adapter.tensor_shapes()
+        out = {}
+        for new_name, shape in shapes.items():
+            old = self.source_name(new_name)
+            if old not in source:
+                raise MinitronError(f"the source model has no tensor '{old}' (needed for '{new_name}')")
+            out[new_name] = self.apply(old, source[old])
+            if tuple(out[new_name].shape) != shape:
+                raise MinitronError(
+                    f"pruned tensor '{new_name}' has shape {tuple(out[new_name].shape)}, expected {shape}"
+                )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "keep_layers": list(self.keep_layers),
+            "dropped_layers": [i for i in range(self.adapter.num_layers) if i not in self.keep_layers],
+            "source": Shape.of(self.source).as_dict(),
+            "pruned": Shape.of(self.config).as_dict(),
+            "source_parameters": self.adapter.num_parameters(),
+            "pruned_parameters": self.pruned_adapter.num_parameters(),
+        }
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER_KEY.match(name)
+    return None if m is None else int(m["index"])
+
+
+def _fold_heads(tensor: Tensor, dim: int, unit: int, pairs: list[tuple[int, int]]) -> Tensor:
+    """head_kept += head_kept - head_pruned for each pair (the paper's fold-back), on one tensor."""
+    tensor = tensor.clone()
+    for kept, pruned in pairs:
+        k = tensor.narrow(dim, kept * unit, unit)
+        p = tensor.narrow(dim, pruned * unit, unit)
+        k.copy_(2 * k - p)
+    return tensor
+
+
+def fold_pairs(scores: Tensor, kept: Tensor, group_heads: list[int]) -> list[tuple[int, int]]:
+    """The paper's pairs within one KV group: with the group's heads ranked by score (1 = best), K kept out of L,
+    kept rank i absorbs pruned rank 2K - i + 1 for the last L - K kept ranks (as many as there are to absorb)."""
+    ranked = sorted(group_heads, key=lambda h: (-float(scores[h]), h))
+    keep = {int(h) for h in kept}
+    kept_ranked = [h for h in ranked if h in keep]
+    pruned_ranked = [h for h in ranked if h not in keep]
+    k, n = len(kept_ranked), len(ranked)
+    pairs = []
+    for i in range(max(1, 2 * k - n + 1), k + 1):  # 1-based ranks
+        j = 2 * k - i + 1
+        pairs.append((kept_ranked[i - 1], pruned_ranked[j - k - 1]))
+    return pairs
+
+
+def make_plan(config: PretrainedConfig, importance: Importance | None, target: Target | Any) -> PrunePlan:
+    """Check `target` and `importance` against `config` and choose what to keep on every axis."""
+    target = Target.from_mapping(target)
+    a = get_adapter(config)
+    shape = target.shape(config)
+    if importance is not None:
+        check_scores(importance, config)
+    keep_layers = target.keep_layers(config, importance)
+    width = {
+        "hidden_size": shape.hidden_size != a.hidden_size,
+        "intermediate_size": shape.intermediate_size != a.intermediate_size,
+        "num_attention_heads": shape.num_attention_heads != a.num_heads,
+        "num_key_value_heads": shape.num_key_value_heads != a.num_kv_heads,
+    }
+    needed = [k for k, v in width.items() if v]
+    if needed and importance is None:
+        raise MinitronError(
+            f"target.{needed[0]} prunes width, which needs importance scores; pass a scores file or let "
+            "`minitron prune` compute them (scores=null)"
+        )
+    new_config = target.resolve(config, keep_layers)
+
+    hidden = top_k(importance.hidden, shape.hidden_size) if width["hidden_size"] else torch.arange(a.hidden_size)
+    heads, kv_groups, mlp, fold = {}, {}, {}, {}
+    per_group = shape.num_attention_heads // shape.num_key_value_heads
+    for i in keep_layers:
+        mlp[i] = top_k(importance.mlp[i], shape.intermediate_size) if width["intermediate_size"] else torch.arange(a.intermediate_size)
+        if not (width["num_attention_heads"] or width["num_key_value_heads"]):
+            heads[i], kv_groups[i] = torch.arange(a.num_heads), torch.arange(a.num_kv_heads)
+            continue
+        # With multi-head attention a KV group is one head: rank it by its head score.
+        group_scores = importance.heads[i] if a.heads_per_group == 1 else importance.kv_groups[i]
+        groups = top_k(group_scores, shape.num_key_value_heads) if width["num_key_value_heads"] else torch.arange(a.num_kv_heads)
+        kept: list[Tensor] = []
+        pairs: list[tuple[int, int]] = []
+        for g in groups.tolist():
+            members = [h for h in range(a.num_heads) if a.kv_group_of_head(h) == g]
+            local = top_k(importance.heads[i][members], per_group)
+            chosen = torch.tensor(members)[local]
+            kept.append(chosen)
+            if target.fold_heads and a.heads_per_group > 1:
+                pairs += fold_pairs(importance.heads[i], chosen, members)
+        heads[i], kv_groups[i] = torch.cat(kept), groups
+        if target.fold_heads and a.heads_per_group == 1:  # multi-head attention: the paper's setting, all heads at once
+            pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_heads)))
+        if pairs:
+            fold[i] = pairs
+    return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold)
