@@ -54,6 +54,9 @@ class LossTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
         self._extra: dict[str, list[float]] = {}
+        # loss_fn returns a per-micro-batch mean and ignores num_items_in_batch, so the Trainer must divide it by
+        # the accumulation steps itself (otherwise gradients and logged losses grow with gradient_accumulation_steps)
+        self.model_accepts_loss_kwargs = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, extra = self.loss_fn(model, inputs)
@@ -67,9 +70,13 @@ class LossTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        for k, vs in self._extra.items():
-            if vs:
-                logs[k] = sum(vs) / len(vs)
+        extra = {k: sum(vs) / len(vs) for k, vs in sorted(self._extra.items()) if vs}
+        if extra and self.args.world_size > 1 and torch.distributed.is_initialized():
+            # every rank logs at the same step; report the mean over ranks, as the Trainer does for the loss
+            values = torch.tensor(list(extra.values()), dtype=torch.float64, device=self.args.device)
+            torch.distributed.all_reduce(values)
+            extra = dict(zip(extra, (values / self.args.world_size).tolist()))
+        logs.update(extra)
         self._extra = {}
         super().log(logs, *args, **kwargs)
 

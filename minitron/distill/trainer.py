@@ -1,0 +1,326 @@
+"""Knowledge distillation on the shared Trainer path: a frozen teacher, a student, a pluggable KD loss.
+
+The step is `DistillLoss.__call__`: the student's forward (final hidden states, and the chosen layers' states
+when intermediate losses are on), the teacher's forward under `no_grad`, then the logit loss (chunked over the
+vocabulary when `chunk_size` > 0 and the output weights are local) plus, optionally, alpha x the intermediate
+loss. Everything else (schedule, DeepSpeed, checkpoints, resume, progress bar, metrics.jsonl) is the
+`transformers.Trainer` of `minitron.train.trainer`.
+
+Under ZeRO-3 the teacher is wrapped in its own DeepSpeed engine (no optimizer) so that its weights are
+partitioned over the ranks like the student's; the vocabulary loss then uses the full logits (the output weights
+exist only as shards outside their module's forward).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, TrainingArguments
+
+from minitron.distill.chunked import chunked_logit_loss
+from minitron.distill.losses import (
+    DistillLossSpec,
+    IntermediateSpec,
+    LogitLossSpec,
+    StateProjection,
+    combine,
+    intermediate_loss,
+    logit_loss,
+    shift_labels,
+)
+from minitron.errors import MinitronError
+from minitron.io import write_json, write_text
+
+PROJECTION = "distill_projection"  # the learned state projection rides on the student under this name while training
+
+
+@dataclass
+class DistillResult:
+    path: str
+    val_loss: float
+    teacher_val_loss: float
+    tokens: int
+    steps: int
+    seconds: float
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)
+
+
+def _layer_count(model: nn.Module) -> int:
+    return int(_unwrap(model).config.num_hidden_layers)
+
+
+def resolve_pairs(spec: IntermediateSpec | None, student_layers: int, teacher_layers: int) -> IntermediateSpec | None:
+    """Fill `pairs` when empty (each student layer i with teacher layer round(i * Lt / Ls)) and range-check them."""
+    if spec is None:
+        return None
+    pairs = spec.pairs or tuple((i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1))
+    for s, t in pairs:
+        if s > student_layers or t > teacher_layers:
+            raise MinitronError(
+                f"distill.intermediate.pairs has ({s}, {t}) but the student has {student_layers} layers and the teacher "
+                f"{teacher_layers}; layer numbers are 1-based"
+            )
+    return IntermediateSpec(pairs=tuple(pairs), kind=spec.kind, weight=spec.weight)
+
+
+class DistillLoss:
+    """`loss_fn(model, batch) -> (loss, metrics)` for `LossTrainer`: the KD loss against a frozen teacher."""
+
+    def __init__(self, teacher: nn.Module | None, spec: DistillLossSpec, *, sharded: bool = False):
+        self.teacher = teacher
+        self.spec = spec
+        self.chunked = spec.chunk_size > 0 and not sharded
+
+    def _forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], want_states: bool):
+        kwargs: dict[str, Any] = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
+        if self.chunked:
+            # logits for no position: the vocabulary projection happens chunk by chunk in the loss
+            kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
+        out = model(**kwargs, output_hidden_states=self.chunked or want_states)
+        return out
+
+    def __call__(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        spec = self.spec
+        want_states = spec.intermediate is not None
+        labels = shift_labels(inputs["labels"])
+        s_out = self._forward(model, inputs, want_states)
+        t_out = None
+        if spec.logits.needs_teacher or want_states:
+            with torch.no_grad():
+                t_out = self._forward(self.teacher, inputs, want_states)
+        student = _unwrap(model)
+        if self.chunked:
+            t_hidden = t_out.hidden_states[-1] if t_out is not None else None
+            t_weight = _unwrap(self.teacher).get_output_embeddings().weight if t_out is not None else None
+            loss, metrics = chunked_logit_loss(
+                s_out.hidden_states[-1], student.get_output_embeddings().weight, t_hidden, t_weight, labels, spec.logits,
+                chunk_size=spec.chunk_size,
+            )
+        else:
+            loss, metrics = logit_loss(s_out.logits, t_out.logits if spec.logits.needs_teacher else None, labels, spec.logits)
+        if want_states:
+            pairs = spec.intermediate.pairs
+            is_term = intermediate_loss(
+                [s_out.hidden_states[s] for s, _ in pairs],
+                [t_out.hidden_states[t] for _, t in pairs],
+                inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])),
+                spec.intermediate,
+                getattr(student, PROJECTION, None),
+            )
+            metrics["loss_logits"] = float(loss.detach())
+            metrics["loss_is"] = float(is_term.detach())
+            loss, metrics["alpha"] = combine(loss, is_term, spec.intermediate)
+        return loss, metrics
+
+
+def check_same_tokenizer(teacher_tok, student_tok) -> None:
+    """Teacher and student must share vocabulary and special tokens, or their logits do not line up."""
+    if teacher_tok is None or student_tok is None:
+        return
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise MinitronError(
+            f"teacher and student tokenizers differ ({len(teacher_tok)} vs {len(student_tok)} tokens); distill a "
+            "student pruned from this teacher, or give both the same tokenizer"
+        )
+    if teacher_tok.all_special_tokens != student_tok.all_special_tokens:
+        raise MinitronError(
+            f"teacher and student special tokens differ ({teacher_tok.all_special_tokens} vs "
+            f"{student_tok.all_special_tokens}); save the student with the teacher's tokenizer"
+        )
+
+
+def _zero_stage(args: TrainingArguments) -> int:
+    cfg = getattr(args, "hf_deepspeed_config", None)
+    if cfg is None:
+        return 0
+    return int(cfg.config.get("zero_optimization", {}).get("stage", 0))
+
+
+def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
+    """The teacher as a DeepSpeed engine without an optimizer: partitioned by ZeRO-3 like the student."""
+    import deepspeed
+
+    config = copy.deepcopy(args.hf_deepspeed_config.config)
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    hidden = int(_unwrap(teacher).config.hidden_size)
+    zero = config.setdefault("zero_optimization", {})
+    sized = {
+        "reduce_bucket_size": hidden * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_param_persistence_threshold": 10 * hidden,
+    }
+    for key, value in list(zero.items()):
+        if value == "auto":
+            zero[key] = sized.get(key, value)
+    zero.pop("offload_optimizer", None)
+    for key, value in list(config.items()):
+        if value == "auto":
+            config.pop(key)
+    config.setdefault("train_micro_batch_size_per_gpu", args.per_device_train_batch_size)
+    config.setdefault("gradient_accumulation_steps", args.gradient_accumulation_steps)
+    engine, *_ = deepspeed.initialize(model=teacher, config=config)
+    engine.eval()
+    return engine
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Keep the records up to the checkpoint a run resumes from (a killed run may have logged past it)."""
+    import json
+
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step and "train_runtime" not in json.loads(ln)]
+    write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def distill(
+    teacher: PreTrainedModel,
+    student: PreTrainedModel,
+    train_dataset,
+    eval_dataset,
+    run_dir: str | Path,
+    *,
+    train: Any,
+    loss: DistillLossSpec = DistillLossSpec(),
+    seq_len: int,
+    seed: int = 0,
+    out: str | Path | None = None,
+    tokenizer=None,
+    resume: bool = True,
+) -> DistillResult:
+    """Distill `student` from the frozen `teacher` on packed blocks; save the student to `out` (default run_dir/student).
+
+    `train` is a `configs/train/*.yaml` mapping (its `deepspeed` entry may be a DeepSpeed config mapping or
+    path). With `resume`, a run folder that holds checkpoints continues from the last one (weights, optimizer,
+    scheduler, data position and RNG). Writes metrics.jsonl, metrics.json and loss.png into `run_dir`.
+    """
+    from minitron.train.trainer import build_trainer, lm_loss, plot_curves, training_arguments
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "student"
+    ckpt_dir = run_dir / "checkpoints"
+    os.environ.setdefault("WANDB_DIR", str(run_dir))  # logger=wandb: offline files in the run folder
+    args = training_arguments(train, ckpt_dir, seed=seed)
+    sharded = _zero_stage(args) == 3
+
+    spec = DistillLossSpec(
+        logits=loss.logits,
+        intermediate=resolve_pairs(loss.intermediate, _layer_count(student), _layer_count(teacher)),
+        chunk_size=loss.chunk_size,
+    )
+    if spec.intermediate is not None:
+        projection = StateProjection(student.config.hidden_size, teacher.config.hidden_size).to(student.dtype)
+        setattr(student, PROJECTION, projection)
+    teacher.requires_grad_(False)
+    teacher.eval()
+    if sharded:
+        teacher = _teacher_engine(teacher, args)
+    else:
+        teacher.to(device=args.device, dtype=torch.bfloat16 if args.bf16 else teacher.dtype)
+    student.train()
+
+    last = _last_checkpoint(ckpt_dir) if resume else None
+    if not resume and ckpt_dir.exists() and args.process_index == 0:
+        shutil.rmtree(ckpt_dir)
+    if args.process_index == 0:
+        _trim_metrics(run_dir / "metrics.jsonl", _checkpoint_step(last))
+    trainer = build_trainer(
+        student, args, train_dataset, loss_fn=DistillLoss(teacher, spec, sharded=sharded), seq_len=seq_len,
+        metrics_path=run_dir / "metrics.jsonl", desc="distill",
+    )
+    if last is not None:
+        print(f"resuming from {last}")
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+
+    eval_batches = train.get("eval_batches") if hasattr(train, "get") else None
+    val = lm_loss(trainer.model, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
+    teacher_val = lm_loss(teacher, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
+    tokens = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * seq_len
+    result = DistillResult(str(out), val, teacher_val, tokens, trainer.state.global_step, seconds)
+    _save_student(trainer, out, tokenizer, result)
+    if args.process_index == 0:
+        write_json(run_dir / "metrics.json", asdict(result))
+        plot_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title="distill")
+        print(f"student validation loss {val:.3f} nats/token (teacher {teacher_val:.3f}); saved to {out}")
+    if hasattr(_unwrap(trainer.model), PROJECTION):
+        delattr(_unwrap(trainer.model), PROJECTION)
+    return result
+
+
+def _save_student(trainer, out: Path, tokenizer, result: DistillResult) -> None:
+    """Every rank takes part (ZeRO-3 gathers the shards); rank 0 finishes the folder and renames it into place."""
+    partial = out.with_name(f".{out.name}.partial")
+    trainer.save_model(str(partial))
+    trainer.accelerator.wait_for_everyone()
+    if trainer.args.process_index == 0:
+        _drop_projection(partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial))
+        for extra in ("training_args.bin",):
+            (partial / extra).unlink(missing_ok=True)
+        write_json(partial / "minitron_distill.json", asdict(result))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _drop_projection(folder: Path) -> None:
+    """The learned state projection is a training aid, not part of the student: remove it from the weights."""
+    from safetensors.torch import load_file, save_file
+
+    for f in folder.glob("*.safetensors"):
+        tensors = load_file(str(f))
+        kept = {k: v for k, v in tensors.items() if not k.startswith(PROJECTION + ".")}
+        if len(kept) != len(tensors):
+            save_file(kept, str(f), metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        import json
+
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: v for k, v in data["weight_map"].items() if not k.startswith(PROJECTION + ".")}
+        index.write_text(json.dumps(data, indent=2))
+
+
+def loss_spec(cfg: Any) -> DistillLossSpec:
+    """A `DistillLossSpec` from a `configs/distill/*.yaml` mapping."""
+    from minitron.config import to_plain
+
+    d = to_plain(cfg)
+    logits = LogitLossSpec(**d["loss"])
+    inter = d.get("intermediate") or {}
+    intermediate = None
+    if inter.get("enabled"):
+        pairs = tuple(tuple(int(x) for x in p) for p in (inter.get("pairs") or ()))
+        if any(len(p) != 2 for p in pairs):
+            raise MinitronError("distill.intermediate.pairs must be a list of [student_layer, teacher_layer] pairs")
+        intermediate = IntermediateSpec(pairs=pairs, kind=inter["kind"], weight=inter.get("weight"))
+    if int(d["chunk_size"]) < 0:
+        raise MinitronError(f"distill.chunk_size must be >= 0 (0: full logits), got {d['chunk_size']}")
+    return DistillLossSpec(logits=logits, intermediate=intermediate, chunk_size=int(d["chunk_size"]))

@@ -1,0 +1,54 @@
+"""Override lists and student builders shared by the distillation tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from minitron.config import compose
+
+DATA = [
+    "data.seq_len=64",
+    "data.max_train_docs=12",
+    "data.num_proc=1",
+    "data.tokenizer.vocab_size=320",
+    "data.tokenizer.train_bytes=200000",
+]
+TEACHER = DATA + [
+    "model.arch.hidden_size=32",
+    "model.arch.intermediate_size=64",
+    "model.arch.num_hidden_layers=2",
+    "model.arch.num_attention_heads=4",
+    "model.arch.num_key_value_heads=2",
+    "model.arch.head_dim=8",
+    "train.max_steps=6",
+    "train.batch_size=4",
+    "train.warmup_steps=2",
+    "train.logging_steps=2",
+    "train.eval_batches=4",
+]
+TRAIN = ["train.batch_size=4", "train.warmup_steps=1", "train.logging_steps=1", "train.eval_batches=2", "train.lr=1e-3"]
+
+
+def make_student(teacher: Path, folder: Path, *, seed: int = 1, copy: bool = False, **arch) -> Path:
+    """A student with the teacher's tokenizer: an exact copy, or a random model of the teacher's config with `arch` changes."""
+    if copy:
+        model = AutoModelForCausalLM.from_pretrained(teacher)
+    else:
+        config = AutoConfig.from_pretrained(teacher)
+        for k, v in arch.items():
+            setattr(config, k, v)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(folder)
+    return folder
+
+
+def distill_cfg(teacher: Path, cache: Path, student: Path, *extra: str):
+    return compose(
+        "distill", DATA + TRAIN + [f"cache_dir={cache}", f"teacher={teacher}", f"student={student}", *extra]
+    )

@@ -1,0 +1,165 @@
+"""`minitron distill` end to end on a tiny teacher: files, checkpoints that stock transformers loads, the KL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minitron.commands.distill import run
+from minitron.errors import MinitronError
+
+from distill_helpers import distill_cfg, make_student
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_distills_a_narrower_student_that_loads_in_stock_transformers(tiny_teacher, tmp_path):
+    teacher, cache = tiny_teacher
+    student = make_student(teacher, tmp_path / "student_in", num_hidden_layers=1)
+    run_dir = tmp_path / "run"
+    result = run(distill_cfg(teacher, cache, student, "train.max_steps=4", "train.save_steps=2"), run_dir=run_dir)
+
+    assert {"config.yaml", "metrics.json", "metrics.jsonl", "loss.png", "student", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    records = _records(run_dir)
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all(r["kl"] > 0 and r["ce"] > 0 for r in steps)
+    # the default loss is the forward KL alone, so the logged loss is the logged KL
+    assert all(r["loss"] == pytest.approx(r["kl"], rel=1e-4) for r in steps)
+    assert steps[-1]["tokens"] == 4 * 4 * 64 == result.tokens
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["val_loss"] == result.val_loss > 0 and saved["steps"] == 4
+
+    model = AutoModelForCausalLM.from_pretrained(result.path)
+    tok = AutoTokenizer.from_pretrained(result.path)
+    assert model.config.num_hidden_layers == 1 and len(tok) == model.config.vocab_size
+    out = model.generate(**tok("import os", return_tensors="pt"), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > 3
+    # the trained weights, not the initial ones, were saved
+    before = load_file(str(student / "model.safetensors"))
+    after = load_file(str(result.path) + "/model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_student_equal_to_the_teacher_has_zero_kl(tiny_teacher, tmp_path):
+    """KL(p || p) = 0: the logged KL is the true KL, not the cross-entropy against the teacher."""
+    teacher, cache = tiny_teacher
+    student = make_student(teacher, tmp_path / "copy", copy=True)
+    result = run(distill_cfg(teacher, cache, student, "train.max_steps=2", "train.save_steps=0",
+                             "train.weight_decay=0.0"), run_dir=tmp_path / "run")
+    steps = [r for r in _records(tmp_path / "run") if "loss" in r]
+    assert all(abs(r["kl"]) < 1e-5 for r in steps)
+    # Adam turns the round-off gradients into tiny steps, so the copy stays close to (not exactly at) the teacher
+    assert result.val_loss == pytest.approx(result.teacher_val_loss, rel=1e-3)
+    assert all(r["ce"] > 1 for r in steps)
+
+
+@pytest.mark.parametrize("chunk", [0, 100])
+def test_intermediate_states_with_a_projection_are_trained_and_left_out_of_the_checkpoint(tiny_teacher, tmp_path, chunk):
+    teacher, cache = tiny_teacher
+    student = make_student(teacher, tmp_path / "narrow", hidden_size=16, intermediate_size=32)
+    result = run(distill_cfg(teacher, cache, student, "distill=kl_is", f"distill.chunk_size={chunk}", "train.max_steps=2",
+                             "train.save_steps=0"), run_dir=tmp_path / "run")
+    steps = [r for r in _records(tmp_path / "run") if "loss" in r]
+    for r in steps:
+        assert r["alpha"] == pytest.approx(r["loss_logits"] / r["loss_is"], rel=1e-3)
+        assert r["loss"] == pytest.approx(2 * r["loss_logits"], rel=1e-3)  # L_logits + alpha L_is with alpha = ratio
+    keys = load_file(str(result.path) + "/model.safetensors").keys()
+    assert not any(k.startswith("distill_projection") for k in keys)
+    assert AutoModelForCausalLM.from_pretrained(result.path).config.hidden_size == 16
+
+
+def test_missing_or_bad_student_and_mismatched_tokenizers_are_one_line_errors(tiny_teacher, tmp_path):
+    teacher, cache = tiny_teacher
+    with pytest.raises(MinitronError, match="student= is required"):
+        run(distill_cfg(teacher, cache, "null"), run_dir=tmp_path / "a")
+    with pytest.raises(MinitronError, match="no config.json"):
+        run(distill_cfg(teacher, cache, tmp_path), run_dir=tmp_path / "b")
+    other = make_student(teacher, tmp_path / "other", num_hidden_layers=1)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<extra_token_for_test>"])
+    tok.save_pretrained(other)
+    with pytest.raises(MinitronError, match="tokenizers differ"):
+        run(distill_cfg(teacher, cache, other), run_dir=tmp_path / "c")
+
+
+def test_teacher_correction_fine_tunes_and_saves_the_teacher_first(tiny_teacher, tmp_path):
+    teacher, cache = tiny_teacher
+    student = make_student(teacher, tmp_path / "s", num_hidden_layers=1)
+    run_dir = tmp_path / "run"
+    result = run(distill_cfg(teacher, cache, student, "train.max_steps=2", "train.save_steps=0",
+                             "teacher_correction.steps=2"), run_dir=run_dir)
+    corrected = run_dir / "teacher_corrected"
+    assert AutoModelForCausalLM.from_pretrained(corrected).config.num_hidden_layers == 2
+    before, after = load_file(str(teacher / "model.safetensors")), load_file(str(corrected / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    lrs = [r["learning_rate"] for r in _records(run_dir / "teacher_correction") if "learning_rate" in r]
+    assert max(lrs) == pytest.approx(1e-3 / 5)  # 1/5 of the distillation peak LR by default
+    assert result.val_loss > 0
+
+
+def test_every_shipped_loss_preset_and_deepspeed_config_composes(tiny_teacher):
+    from minitron.config import compose, config_dir
+    from minitron.distill.recipe import train_settings
+    from minitron.distill.trainer import loss_spec
+
+    presets = sorted(p.stem for p in (config_dir() / "distill").glob("*.yaml"))
+    assert presets == ["ce", "jsd", "kl", "kl_ce", "kl_is", "rkl", "topk"]
+    for name in presets:
+        spec = loss_spec(compose("distill", [f"distill={name}"]).distill)
+        assert spec.chunk_size == 256
+    default = loss_spec(compose("distill").distill)
+    assert (default.logits.kind, default.logits.temperature, default.logits.ce_weight, default.intermediate) == ("kl", 1.0, 0.0, None)
+    stages = {}
+    for name in sorted(p.stem for p in (config_dir() / "deepspeed").glob("*.yaml")):
+        ds = train_settings(compose("distill", [f"deepspeed={name}"])).deepspeed
+        stages[name] = None if ds is None else ds["zero_optimization"]["stage"]
+    assert stages == {"none": None, "zero1": 1, "zero2": 2, "zero3": 3, "zero3_offload": 3}
+
+
+def test_the_library_function_distills_in_memory_models(tmp_path):
+    """`minitron.distill.distill` as the pipeline calls it: models and datasets in memory, a train config mapping."""
+    from minitron.config import compose
+    from minitron.distill import DistillLossSpec, LogitLossSpec, distill
+    from minitron.models.tiny import tiny_model
+
+    teacher = tiny_model("llama", seed=0)
+    student = tiny_model("llama", seed=1, num_hidden_layers=1)
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(3, 128, (16,), generator=g).tolist(), "attention_mask": [1] * 16} for _ in range(12)]
+    train = compose("distill", ["train.max_steps=2", "train.batch_size=4", "train.save_steps=0", "train.logging_steps=1"]).train
+    result = distill(teacher, student, rows[:8], rows[8:], tmp_path / "run", train=train, seq_len=16,
+                     loss=DistillLossSpec(logits=LogitLossSpec(kind="jsd", beta=0.3), chunk_size=7), out=tmp_path / "out")
+    assert result.path == str(tmp_path / "out") and result.steps == 2 and result.tokens == 2 * 4 * 16
+    assert result.val_loss > 0 and result.teacher_val_loss > 0 and result.seconds > 0
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert reloaded.config.num_hidden_layers == 1 and not any(p.requires_grad is False for p in reloaded.parameters())
+    assert {"metrics.json", "metrics.jsonl", "loss.png"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_gradient_accumulation_gives_the_same_losses_as_one_big_batch(tmp_path):
+    """The KD loss is a per-micro-batch mean: the Trainer must divide it by the accumulation steps."""
+    from minitron.config import compose
+    from minitron.distill import distill
+    from minitron.models.tiny import tiny_model
+
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": torch.randint(3, 128, (16,), generator=g).tolist(), "attention_mask": [1] * 16} for _ in range(12)]
+    losses = {}
+    for batch, accum in ((4, 1), (2, 2)):
+        train = compose("distill", ["train.max_steps=3", f"train.batch_size={batch}", f"train.gradient_accumulation_steps={accum}",
+                                    "train.save_steps=0", "train.logging_steps=1", "train.eval_batches=1"]).train
+        run_dir = tmp_path / f"b{batch}"
+        distill(tiny_model("llama", seed=0), tiny_model("llama", seed=1, num_hidden_layers=1), rows[:8], rows[8:], run_dir,
+                train=train, seq_len=16)
+        losses[accum] = [v for r in _records(run_dir) if "loss" in r for v in (r["loss"], r["grad_norm"])]
+    assert len(losses[1]) == 6
+    assert losses[2] == pytest.approx(losses[1], rel=1e-4)
