@@ -1,0 +1,37 @@
+"""`minitron pipeline`: the end-to-end job on the embedded default (or on your teacher, data and target).
+
+    minitron pipeline                                     # teacher (cached) -> score -> prune -> distill -> eval, report.md
+    minitron pipeline hydra.run.dir=runs/pipeline/mine    # resume in a folder: finished stages are skipped
+    minitron pipeline recipe=minitron_8b dry_run=true      # a paper recipe's shapes, counts and token budget
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from minitron.commands._run import prepare_run_dir
+from minitron.io import write_json
+from minitron.pipeline import format_plan, plan, run_pipeline
+
+
+def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
+    if cfg.dry_run:
+        result = plan(cfg)
+        print(format_plan(result))
+        if run_dir is not None or _in_hydra_app():
+            write_json(prepare_run_dir(cfg, run_dir) / "plan.json", result)
+        return result
+    run_dir = prepare_run_dir(cfg, run_dir)
+    result = run_pipeline(cfg, run_dir)
+    print()
+    print(Path(result["report"]).read_text().split("## Stage times")[0].rstrip())
+    print(f"\nreport: {result['report']}")
+    return result
+
+
+def _in_hydra_app() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized()

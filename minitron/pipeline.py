@@ -1,0 +1,296 @@
+"""The end-to-end pipeline: teacher -> importance -> prune -> distill -> evaluate, plus a from-scratch baseline.
+
+Each stage writes its outputs and a record `stages/NAME.json` into the run folder; a stage whose record exists is
+skipped when the pipeline is re-run in the same folder (`hydra.run.dir=...`), so a killed run resumes where it
+stopped. Data flows one way: the teacher's checkpoint and calibration batches go into `importance.estimate`, the
+scores and the target into `prune.prune`, the pruned checkpoint into `distill`, every checkpoint into `evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from minitron.commands._run import calibration_batches, load_checkpoint, packed_data, teacher_path
+from minitron.config import to_plain
+from minitron.io import atomic_path, write_json, write_text
+
+MODELS = ("teacher", "pruned", "distilled", "scratch")
+
+
+def _rank() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_rank: bool = False) -> dict[str, Any]:
+    """Run `fn` once per run folder: its JSON record is written last, so a record means the stage finished.
+
+    Launched on several ranks (torchrun / deepspeed), a stage runs on rank 0 while the others wait for its record
+    (the run folder must be on a disk every node sees), except `every_rank` stages (the training ones), which
+    every rank runs together and rank 0 records.
+    """
+    rank, world = _rank()
+    record = run_dir / "stages" / f"{name}.json"
+    if record.is_file():
+        if rank == 0:
+            print(f"[{name}] already done in this run folder; skipped")
+        return json.loads(record.read_text())
+    if world > 1 and rank != 0 and not every_rank:
+        while not record.is_file():
+            time.sleep(2)
+        return json.loads(record.read_text())
+    if rank == 0:
+        print(f"[{name}]")
+    start = time.perf_counter()
+    result = fn()
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    if rank == 0:
+        write_json(record, result)
+    return result
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _save(model, tokenizer, out: Path) -> None:
+    with atomic_path(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+
+def plan(cfg: DictConfig) -> dict[str, Any]:
+    """What the pipeline would do, from the config alone (no weights, no data): shapes, exact parameter counts,
+    the retraining schedule and its token budget. `minitron pipeline dry_run=true` prints it."""
+    from minitron.prune.dry_run import config_from_arch, dry_run
+
+    if cfg.teacher:
+        from transformers import AutoConfig
+
+        source = AutoConfig.from_pretrained(str(cfg.teacher))
+    else:
+        source = config_from_arch(cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size)
+    shapes = dry_run(source, to_plain(cfg.target))
+    train, launch = cfg.train, cfg.launch
+    world = int(launch.nodes) * int(launch.gpus_per_node)
+    global_batch = int(train.batch_size) * int(train.gradient_accumulation_steps) * world
+    tokens_per_step = global_batch * int(cfg.data.seq_len)
+    return {
+        "teacher": cfg.teacher or cfg.model.name,
+        "target": cfg.target.name,
+        "source_shape": shapes["source_shape"],
+        "pruned_shape": shapes["pruned_shape"],
+        "source_parameters": shapes["source_parameters"],
+        "pruned_parameters": shapes["pruned_parameters"],
+        "drop_layers": shapes["drop_layers"],
+        "calibration_samples": int(cfg.calib.samples),
+        "loss": _loss_name(cfg.distill).replace("`", ""),
+        "ranks": world,
+        "global_batch": global_batch,
+        "seq_len": int(cfg.data.seq_len),
+        "tokens_per_step": tokens_per_step,
+        "steps": int(train.max_steps),
+        "tokens": tokens_per_step * int(train.max_steps),
+        "lr": f"{float(train.lr):g} -> {float(train.lr) * float(train.min_lr_ratio):g} cosine, {int(train.warmup_steps)} warmup steps",
+        "teacher_correction_steps": int(cfg.teacher_correction.steps),
+    }
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    src, new = p["source_shape"], p["pruned_shape"]
+    width = max(map(len, src))
+    lines = [f"pipeline plan: {p['teacher']} -> target {p['target']}", "",
+             f"{'':<{width}}  {'teacher':>15}  {'student':>15}"]
+    lines += [f"{k:<{width}}  {src[k]:>15,}  {new[k]:>15,}" for k in src]
+    lines.append(f"{'parameters':<{width}}  {p['source_parameters']:>15,}  {p['pruned_parameters']:>15,}  "
+                 f"({p['pruned_parameters'] / p['source_parameters']:.1%})")
+    if p["drop_layers"]:
+        lines.append(f"dropped layers: {p['drop_layers']}")
+    lines += ["",
+              f"importance: {p['calibration_samples']:,} calibration samples",
+              f"retraining: {p['loss']}, {p['steps']:,} steps x {p['tokens_per_step']:,} tokens "
+              f"(global batch {p['global_batch']:,} x {p['seq_len']:,}) = {p['tokens']:,} tokens on {p['ranks']} ranks",
+              f"learning rate: {p['lr']}"]
+    if p["teacher_correction_steps"]:
+        lines.append(f"teacher correction: {p['teacher_correction_steps']:,} steps on the distillation data first")
+    return "\n".join(lines)
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    results: dict[str, dict[str, Any]] = {}
+
+    def teacher() -> dict[str, Any]:
+        path = teacher_path(cfg, run_dir)
+        summary = path / "minitron_pretrain.json"
+        tokens = json.loads(summary.read_text())["tokens"] if summary.is_file() else None
+        return {"path": str(path), "tokens": tokens}
+
+    results["teacher"] = stage(run_dir, "teacher", teacher)
+    teacher_dir = Path(results["teacher"]["path"])
+    if cfg.teacher_correction.steps:
+        from minitron.distill.recipe import correct_teacher
+
+        def correction() -> dict[str, Any]:
+            return {"path": str(correct_teacher(cfg, teacher_dir, run_dir)), "steps": int(cfg.teacher_correction.steps)}
+
+        teacher_dir = Path(stage(run_dir, "teacher_correction", correction)["path"])
+    model, tokenizer = load_checkpoint(teacher_dir, dtype=cfg.dtype)
+    data = packed_data(cfg, tokenizer, seq_len=cfg.data.seq_len)
+
+    def importance() -> dict[str, Any]:
+        from minitron.importance import estimate
+        from minitron.importance.plots import plot_importance
+
+        batches = calibration_batches(data["train"], cfg.calib.samples, cfg.calib.batch_size, cfg.seed)
+        scores = estimate(model, batches, batch_agg=cfg.importance.batch_agg, seq_agg=cfg.importance.seq_agg,
+                          mlp_site=cfg.importance.mlp_site, depth=tuple(cfg.importance.depth))
+        scores.save(run_dir / "importance.safetensors")
+        plots = plot_importance(scores, run_dir / "plots")
+        return {"path": str(run_dir / "importance.safetensors"), "samples": scores.num_samples,
+                "tokens": scores.num_tokens, "plots": [str(p) for p in plots]}
+
+    results["importance"] = stage(run_dir, "importance", importance)
+
+    def prune() -> dict[str, Any]:
+        from minitron.importance import Importance
+        from minitron.prune import prune as prune_model
+
+        scores = Importance.load(results["importance"]["path"])
+        pruned = prune_model(model, scores, to_plain(cfg.target))
+        _save(pruned, tokenizer, run_dir / "pruned")
+        return {"path": str(run_dir / "pruned"), "params": _params(pruned)}
+
+    results["prune"] = stage(run_dir, "prune", prune)
+
+    evaluated: dict[str, dict[str, Any]] = {}
+
+    def evaluate(name: str, path: str) -> None:
+        evaluated[name] = stage(run_dir, f"eval_{name}", lambda: _evaluate(cfg, name, path, data, run_dir / "eval" / name))
+
+    evaluate("teacher", str(teacher_dir))
+    evaluate("pruned", results["prune"]["path"])
+
+    def distill() -> dict[str, Any]:
+        from minitron.distill.recipe import train_settings
+        from minitron.distill.trainer import distill as distill_student
+        from minitron.distill.trainer import loss_spec
+
+        student, _ = load_checkpoint(results["prune"]["path"], dtype=cfg.dtype)
+        out = distill_student(model, student, data["train"], data["validation"], run_dir / "distill",
+                              train=train_settings(cfg), loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
+                              out=run_dir / "distilled", tokenizer=tokenizer)
+        if _rank()[0] == 0:
+            _copy_plot(run_dir / "distill" / "loss.png", run_dir / "plots" / "distill_loss.png")
+        return {"path": out.path, "tokens": out.tokens, "steps": out.steps, "train_seconds": out.seconds}
+
+    results["distill"] = stage(run_dir, "distill", distill, every_rank=True)
+    evaluate("distilled", results["distill"]["path"])
+
+    def scratch() -> dict[str, Any]:
+        from minitron.train.trainer import build_trainer, plot_curves, training_arguments
+
+        pruned_config = json.loads((Path(results["prune"]["path"]) / "config.json").read_text())
+        config = type(model.config).from_dict(pruned_config)
+        torch.manual_seed(cfg.seed)
+        fresh = type(model)._from_config(config, dtype=model.dtype)
+        fresh.generation_config = model.generation_config
+        train_cfg = OmegaConf.merge(cfg.train, {"lr": cfg.baseline.lr, "deepspeed": None})
+        args = training_arguments(train_cfg, run_dir / "scratch" / "checkpoints", seed=cfg.seed)
+        trainer = build_trainer(fresh, args, data["train"], seq_len=cfg.data.seq_len,
+                                metrics_path=run_dir / "scratch" / "metrics.jsonl", desc="from scratch")
+        trainer.train()
+        if _rank()[0] != 0:
+            return {"path": str(run_dir / "scratch" / "model")}
+        _save(trainer.model, tokenizer, run_dir / "scratch" / "model")
+        plot_curves(run_dir / "scratch" / "metrics.jsonl", run_dir / "plots" / "scratch_loss.png", title="from scratch")
+        tokens = trainer.state.global_step * train_cfg.batch_size * train_cfg.gradient_accumulation_steps * cfg.data.seq_len
+        return {"path": str(run_dir / "scratch" / "model"), "tokens": tokens}
+
+    if cfg.baseline.enabled:
+        results["scratch"] = stage(run_dir, "scratch", scratch, every_rank=True)
+        evaluate("scratch", results["scratch"]["path"])
+
+    if _rank()[0] != 0:
+        return {"report": str(run_dir / "report.md"), "stages": results, "eval": evaluated}
+    report = write_report(cfg, run_dir, results, evaluated)
+    return {"report": str(report), "stages": results, "eval": evaluated}
+
+
+def _evaluate(cfg: DictConfig, name: str, path: str, data, out: Path) -> dict[str, Any]:
+    from minitron.evaluate import evaluate
+    from minitron.train.trainer import lm_loss
+
+    model, tokenizer = load_checkpoint(path, dtype=cfg.dtype)
+    val = lm_loss(model, data["validation"], batch_size=cfg.eval_batch_size, max_batches=cfg.eval_batches)
+    metrics = evaluate(model, tokenizer, cfg.eval, out, data_cfg=cfg.data, cache_dir=cfg.cache_dir,
+                       batch_size=cfg.eval_batch_size, limit=cfg.eval_limit, seed=cfg.seed, model_name=name)
+    return {"params": _params(model), "val_loss": val, **metrics}
+
+
+def _copy_plot(src: Path, dst: Path) -> None:
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+
+
+def _loss_name(distill: DictConfig) -> str:
+    loss = distill.loss
+    name = f"`{loss.kind}` (T={loss.temperature:g}, CE weight {loss.ce_weight:g}"
+    if distill.intermediate.enabled:
+        name += f", intermediate {distill.intermediate.kind}"
+    return name + ")"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def write_report(cfg: DictConfig, run_dir: Path, results: dict, evaluated: dict) -> Path:
+    """`report.md`: the table of the four models, stage times, and the plots."""
+    tokens = {
+        "teacher": results["teacher"].get("tokens"),
+        "pruned": 0,
+        "distilled": results["distill"].get("tokens"),
+        "scratch": results.get("scratch", {}).get("tokens"),
+    }
+    teacher_params = evaluated["teacher"]["params"]
+    lines = [
+        "# minitron pipeline report",
+        "",
+        f"Teacher `{results['teacher']['path']}` pruned to target `{cfg.target.name}`, distilled with "
+        f"{_loss_name(cfg.distill)} on `{cfg.data.source}`. Validation loss in nats/token on "
+        f"{cfg.eval_batches} validation batches; bits per byte and multiple-choice accuracy from the lm-eval "
+        f"suite `{cfg.eval.name}`.",
+        "",
+        "| model | parameters | % of teacher | training tokens | validation loss | bits/byte | MC accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in MODELS:
+        if name not in evaluated:
+            continue
+        e = evaluated[name]
+        lines.append(
+            f"| {name} | {e['params']:,} | {100 * e['params'] / teacher_params:.1f}% | "
+            f"{_fmt(tokens[name], ',')} | {e['val_loss']:.3f} | {_fmt(e.get('tiny_bpb'), '.3f')} | "
+            f"{_fmt(e.get('tiny_mc_acc'), '.3f')} |"
+        )
+    lines += ["", "Tokens: the teacher's pretraining tokens; the distilled student's and the from-scratch "
+              "baseline's retraining tokens (the same budget).", "", "## Stage times", "",
+              "| stage | seconds |", "|---|---|"]
+    for record in sorted((run_dir / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        lines.append(f"| {record.stem} | {json.loads(record.read_text())['seconds']:.1f} |")
+    lines += ["", "## Plots", ""]
+    for png in sorted((run_dir / "plots").glob("*.png")) if (run_dir / "plots").is_dir() else []:
+        lines.append(f"![{png.stem}](plots/{png.name})")
+    report = run_dir / "report.md"
+    write_text(report, "\n".join(lines) + "\n")
+    return report
