@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.i
 
 
 def test_there_are_notebooks():
-    assert [p.stem for p in NOTEBOOKS][:2] == ["01_importance", "02_prune_and_distill"]
+    assert [p.stem for p in NOTEBOOKS] == ["01_importance", "02_prune_and_distill", "03_ablations"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
