@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,10 @@ def training_arguments(train: Any, output_dir: Path, *, seed: int) -> TrainingAr
     report = {"none": [], "wandb": ["wandb"], "tensorboard": ["tensorboard"]}.get(t["logger"])
     if report is None:
         raise MinitronError(f"train.logger must be none, wandb or tensorboard, got '{t['logger']}'")
+    if t["logger"] == "wandb":  # offline unless the user asked otherwise; its files go into the run folder
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_PROJECT", "minitron")
+        os.environ["WANDB_DIR"] = str(Path(output_dir).parent)
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=t["max_steps"],

@@ -148,3 +148,18 @@ def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, 
         calibration_batches(data["train"], 0, 4)
     with pytest.raises(MinitronError, match="teacher="):
         teacher_path(OmegaConf.merge(cfg, {"teacher": str(tmp_path)}), tmp_path)
+
+
+def test_wandb_logs_offline_into_the_run_folder(tmp_path, monkeypatch):
+    from minitron.train.trainer import training_arguments
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    train = compose("pretrain", ["train.logger=wandb"]).train
+    args = training_arguments(train, tmp_path / "run" / "checkpoints", seed=0)
+    import os
+
+    assert args.report_to == ["wandb"]
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(tmp_path / "run")
+    with pytest.raises(MinitronError, match="train.logger"):
+        training_arguments(compose("pretrain", ["train.logger=mlflow"]).train, tmp_path, seed=0)
