@@ -153,8 +153,9 @@ def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, 
 def test_wandb_logs_offline_into_the_run_folder(tmp_path, monkeypatch):
     from minitron.train.trainer import training_arguments
 
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    monkeypatch.delenv("WANDB_DIR", raising=False)
+    for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):  # recorded, so that teardown restores them
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
     train = compose("pretrain", ["train.logger=wandb"]).train
     args = training_arguments(train, tmp_path / "run" / "checkpoints", seed=0)
     import os
