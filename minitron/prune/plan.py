@@ -45,27 +45,7 @@ def expand(index: Tensor, unit: int) -> Tensor:
 
 def check_scores(importance: Importance, config: PretrainedConfig) -> None:
     """Fail with one line unless `importance` was computed for a model of this config."""
-    a = get_adapter(config)
-    expected = {
-        "hidden": (a.hidden_size,),
-        "heads": (a.num_layers, a.num_heads),
-        "mlp": (a.num_layers, a.intermediate_size),
-        "kv_groups": (a.num_layers, a.num_kv_heads),
-        "layers": (a.num_layers,),
-        "layers_loss": (a.num_layers,),
-    }
-    for name, shape in expected.items():
-        tensor = getattr(importance, name, None)
-        if tensor is not None and tuple(tensor.shape) != shape:
-            raise MinitronError(
-                f"the scores file was made for another model: its '{name}' scores have shape {tuple(tensor.shape)}, "
-                f"this model needs {shape}; re-run `minitron score` on this model"
-            )
-    for method in ("check_model", "check_matches"):  # the importance module's own check, when it has one
-        check = getattr(importance, method, None)
-        if callable(check):
-            check(config)
-            return
+    importance.check_model(config)
 
 
 @dataclass

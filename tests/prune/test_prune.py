@@ -249,7 +249,7 @@ def test_width_without_scores_and_scores_of_another_model():
     with pytest.raises(MinitronError, match="needs importance scores"):
         prune(model, None, {"hidden_size": 32})
     other = tiny_model("nemotron", hidden_size=96)
-    with pytest.raises(MinitronError, match="made for another model") as e:
+    with pytest.raises(MinitronError, match="computed for another model") as e:
         prune(model, fake_importance(other), {"hidden_size": 32})
     assert "\n" not in str(e.value)
     same_shapes = tiny_model("nemotron", rope_theta=500.0)  # same shapes, different model

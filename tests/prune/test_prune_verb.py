@@ -90,7 +90,7 @@ def test_depth_only_target_needs_no_scores(teacher_dir, tmp_path):
         (["target.hidden_size=64"], "target.hidden_size=64 is larger than the source model's hidden_size=32"),
         (["target.num_attention_heads=3"], "not a multiple of the kept KV groups"),
         (["target.drop_layers=[2]", "target.hidden_size=null"], "layer index 2 is out of range"),
-        (["scores=OTHER"], "made for another model"),
+        (["scores=OTHER"], "computed for another model"),
         (["depth_metric=cos"], "is not a depth metric"),
     ],
 )
