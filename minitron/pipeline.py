@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from minitron.commands._run import calibration_batches, load_checkpoint, packed_data, teacher_path
 from minitron.config import to_plain
-from minitron.io import atomic_path, write_json, write_text
+from minitron.io import write_json, write_text
+from minitron.prune import save_checkpoint
 
 MODELS = ("teacher", "pruned", "distilled", "scratch")
 
@@ -55,16 +56,6 @@ def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_r
     if rank == 0:
         write_json(record, result)
     return result
-
-
-def _params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def _save(model, tokenizer, out: Path) -> None:
-    with atomic_path(out) as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
 
 
 def plan(cfg: DictConfig) -> dict[str, Any]:
@@ -166,8 +157,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
         scores = Importance.load(results["importance"]["path"])
         pruned = prune_model(model, scores, to_plain(cfg.target))
-        _save(pruned, tokenizer, run_dir / "pruned")
-        return {"path": str(run_dir / "pruned"), "params": _params(pruned)}
+        save_checkpoint(pruned, tokenizer, run_dir / "pruned", overwrite=True)
+        return {"path": str(run_dir / "pruned"), "params": pruned.num_parameters()}
 
     results["prune"] = stage(run_dir, "prune", prune)
 
@@ -210,10 +201,9 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer.train()
         if _rank()[0] != 0:
             return {"path": str(run_dir / "scratch" / "model")}
-        _save(trainer.model, tokenizer, run_dir / "scratch" / "model")
+        save_checkpoint(trainer.model, tokenizer, run_dir / "scratch" / "model", overwrite=True)
         plot_curves(run_dir / "scratch" / "metrics.jsonl", run_dir / "plots" / "scratch_loss.png", title="from scratch")
-        tokens = trainer.state.global_step * train_cfg.batch_size * train_cfg.gradient_accumulation_steps * cfg.data.seq_len
-        return {"path": str(run_dir / "scratch" / "model"), "tokens": tokens}
+        return {"path": str(run_dir / "scratch" / "model"), "tokens": trainer.tokens_seen}
 
     if cfg.baseline.enabled:
         results["scratch"] = stage(run_dir, "scratch", scratch, every_rank=True)
@@ -233,7 +223,7 @@ def _evaluate(cfg: DictConfig, name: str, path: str, data, out: Path) -> dict[st
     val = lm_loss(model, data["validation"], batch_size=cfg.eval_batch_size, max_batches=cfg.eval_batches)
     metrics = evaluate(model, tokenizer, cfg.eval, out, data_cfg=cfg.data, cache_dir=cfg.cache_dir,
                        batch_size=cfg.eval_batch_size, limit=cfg.eval_limit, seed=cfg.seed, model_name=name)
-    return {"params": _params(model), "val_loss": val, **metrics}
+    return {"params": model.num_parameters(), "val_loss": val, **metrics}
 
 
 def _copy_plot(src: Path, dst: Path) -> None:

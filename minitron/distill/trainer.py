@@ -260,7 +260,7 @@ def distill(
     eval_batches = train.get("eval_batches") if hasattr(train, "get") else None
     val = lm_loss(trainer.model, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
     teacher_val = lm_loss(teacher, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
-    tokens = trainer.state.global_step * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * seq_len
+    tokens = trainer.tokens_seen
     result = DistillResult(str(out), val, teacher_val, tokens, trainer.state.global_step, seconds)
     _save_student(trainer, out, tokenizer, result)
     if args.process_index == 0:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from transformers import PretrainedConfig
 
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line
 from minitron.io import atomic_path
 from minitron.models import get_adapter
 
@@ -114,7 +114,7 @@ class Importance:
                 tensors = {name: f.get_tensor(name) for name in f.keys()}
             meta = {k: json.loads(v) for k, v in raw.items() if k != "format"}
         except (OSError, ValueError, SafetensorError) as e:  # JSONDecodeError is a ValueError
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise MinitronError(
                 f"{path} is not a readable importance file ({first}); pass a file written by `minitron score`"
             ) from None

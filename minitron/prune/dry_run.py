@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from minitron.config import to_plain
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line
 from minitron.models import get_adapter
 from minitron.prune.target import Shape, Target
 
@@ -28,7 +28,7 @@ def config_from_arch(arch: DictConfig | dict[str, Any], *, vocab_size: int | Non
     try:
         cls = get_class(target)
     except (ImportError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise MinitronError(f"model.arch._target_={target} is not an importable config class ({first})") from None
     return cls(**values)
 

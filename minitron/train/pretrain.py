@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from minitron.config import stable_hash, to_plain
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line
 from minitron.io import atomic_path, write_json
 from minitron.models import get_adapter
 
@@ -119,7 +119,7 @@ def load_model(model_cfg: DictConfig) -> PreTrainedModel:
             path, dtype=getattr(torch, model_cfg.get("dtype", "float32")), trust_remote_code=trust, use_safetensors=True
         )
     except Exception as e:  # transformers, safetensors and hub errors come in many types; all mean "cannot load"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise MinitronError(f"cannot load the checkpoint {path}: {first}") from None
     get_adapter(model)
     return model
@@ -174,8 +174,7 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
     val = lm_loss(model, splits["validation"], batch_size=args.per_device_eval_batch_size,
                   max_batches=cfg.train.get("eval_batches"))
     uni = unigram_loss(splits["train"], splits["validation"], model.config.vocab_size)
-    tokens = trainer.state.global_step * cfg.train.batch_size * cfg.train.gradient_accumulation_steps * cfg.data.seq_len
-    result = PretrainResult(str(out), val, uni, params, tokens, seconds, cached=False)
+    result = PretrainResult(str(out), val, uni, params, trainer.tokens_seen, seconds, cached=False)
     with atomic_path(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))

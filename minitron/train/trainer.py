@@ -58,6 +58,12 @@ class LossTrainer(Trainer):
         # loss_fn returns a per-micro-batch mean and ignores num_items_in_batch, so the Trainer must divide it by
         # the accumulation steps itself (otherwise gradients and logged losses grow with gradient_accumulation_steps)
         self.model_accepts_loss_kwargs = False
+        self.tokens_per_step = 0  # set by build_trainer: global batch x sequence length
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens trained on so far, over every rank and accumulation step."""
+        return self.state.global_step * self.tokens_per_step
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, extra = self.loss_fn(model, inputs)
@@ -203,6 +209,7 @@ def build_trainer(
         loss_fn=loss_fn,
         callbacks=[TokenProgressCallback(tokens_per_step, desc), MetricsFileCallback(metrics_path, tokens_per_step)],
     )
+    trainer.tokens_per_step = tokens_per_step
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
