@@ -16,14 +16,6 @@ from minitron.errors import MinitronError
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _datasets_cache(tmp_path_factory):
-    """Keep the Arrow files that `datasets` writes out of the user's cache."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def stdlib_corpus() -> Corpus:
     return load_corpus({"source": "stdlib"})

@@ -11,13 +11,6 @@ from minitron.data import build_datasets, load_corpus, pack, stdlib_root, train_
 from minitron.errors import MinitronError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _datasets_cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path_factory.mktemp("hf_datasets")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = [(stdlib_root() / f).read_text() for f in ("textwrap.py", "string.py", "json/encoder.py")]
