@@ -1,5 +1,6 @@
 """Importance scores of every prunable axis (embedding channels, attention heads and KV groups, MLP neurons,
-layers), in memory (`estimate`) or one layer at a time from a checkpoint (`estimate_streaming`).
+layers), in memory (`estimate`) or one layer at a time from a checkpoint (`estimate_streaming`); and the data-free baselines the
+paper compares them with (`weight_magnitude`, `random_scores`).
 
     imp = estimate(model, batches)                 # defaults: batch l2, sequence mean, mlp_site post, depth bi+loss
     imp.save("importance.safetensors")
@@ -9,8 +10,12 @@ PNG views of a result are in `minitron.importance.plots` (kept out of this impor
 """
 
 from minitron.importance.aggregate import AGGREGATORS
+from minitron.importance.baselines import random_scores, weight_magnitude
 from minitron.importance.estimate import estimate
 from minitron.importance.scores import Importance, config_hash
 from minitron.importance.streaming import StreamingStats, estimate_streaming
 
-__all__ = ["AGGREGATORS", "Importance", "StreamingStats", "config_hash", "estimate", "estimate_streaming"]
+__all__ = [
+    "AGGREGATORS", "Importance", "StreamingStats", "config_hash", "estimate", "estimate_streaming", "random_scores",
+    "weight_magnitude",
+]

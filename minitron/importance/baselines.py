@@ -1,0 +1,70 @@
+"""Importance criteria that need no calibration data: the baselines the paper compares activations against.
+
+`weight_magnitude` scores an index of each width axis by the L2 norm of every weight it selects (the slices the
+family adapter lists for that axis), and a layer by the norm of all its weights; `random_scores` draws seeded
+uniform scores of the same shapes. Both return an `Importance` that `prune` takes like any other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from transformers import PretrainedConfig, PreTrainedModel
+
+from minitron.importance.scores import Importance, config_hash
+from minitron.models import get_adapter
+
+
+def _axis_norms(state: dict[str, Tensor], slices, size: int) -> Tensor:
+    """sqrt of the sum of squares of the weights each of the `size` indices selects, over all `slices`."""
+    total = torch.zeros(size, dtype=torch.float64)
+    for s in slices:
+        t = state[s.name].detach().to(torch.float64)
+        t = t.movedim(s.dim, 0).reshape(size, -1)
+        total += t.pow(2).sum(dim=1)
+    return total.sqrt().float()
+
+
+def _importance(config: PretrainedConfig, scores: dict[str, Tensor], kind: str) -> Importance:
+    return Importance(
+        **scores,
+        layers_loss=None,
+        batch_agg=kind,
+        seq_agg=kind,
+        mlp_site="weights",
+        num_samples=0,
+        num_tokens=0,
+        seq_len=0,
+        config_hash=config_hash(config),
+        corpus_fingerprint="",
+    )
+
+
+def weight_magnitude(model: PreTrainedModel) -> Importance:
+    """Scores from the weights alone: the L2 norm of the weights each channel, head, KV group, neuron or layer owns."""
+    a = get_adapter(model)
+    state = model.state_dict()
+    n = a.num_layers
+    scores = {
+        "hidden": _axis_norms(state, a.axis_tensors("hidden"), a.hidden_size),
+        "heads": torch.stack([_axis_norms(state, a.axis_tensors("heads", i), a.num_heads) for i in range(n)]),
+        "mlp": torch.stack([_axis_norms(state, a.axis_tensors("mlp", i), a.intermediate_size) for i in range(n)]),
+        "kv_groups": torch.stack([_axis_norms(state, a.axis_tensors("kv_groups", i), a.num_kv_heads) for i in range(n)]),
+        "layers": torch.stack([_axis_norms(state, a.axis_tensors("layers", i), 1)[0] for i in range(n)]),
+    }
+    return _importance(model.config, scores, "magnitude")
+
+
+def random_scores(config: PretrainedConfig, seed: int) -> Importance:
+    """Seeded uniform scores of the shapes `config` needs: the floor every criterion has to beat."""
+    a = get_adapter(config)
+    g = torch.Generator().manual_seed(seed)
+    n = a.num_layers
+    scores = {
+        "hidden": torch.rand(a.hidden_size, generator=g),
+        "heads": torch.rand(n, a.num_heads, generator=g),
+        "mlp": torch.rand(n, a.intermediate_size, generator=g),
+        "kv_groups": torch.rand(n, a.num_kv_heads, generator=g),
+        "layers": torch.rand(n, generator=g),
+    }
+    return _importance(config, scores, "random")
