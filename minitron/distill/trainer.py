@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from minitron.distill.losses import (
     shift_labels,
 )
 from minitron.errors import MinitronError
-from minitron.io import write_json, write_text
+from minitron.io import write_json
 
 PROJECTION = "distill_projection"  # the learned state projection rides on the student under this name while training
 
@@ -175,27 +174,6 @@ def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
     return engine
 
 
-def _last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
-def _checkpoint_step(checkpoint: str | None) -> int:
-    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Keep the records up to the checkpoint a run resumes from (a killed run may have logged past it)."""
-    import json
-
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step and "train_runtime" not in json.loads(ln)]
-    write_text(path, "".join(ln + "\n" for ln in kept))
-
-
 def distill(
     teacher: PreTrainedModel,
     student: PreTrainedModel,
@@ -210,14 +188,17 @@ def distill(
     out: str | Path | None = None,
     tokenizer=None,
     resume: bool = True,
+    callbacks: list | None = None,
 ) -> DistillResult:
     """Distill `student` from the frozen `teacher` on packed blocks; save the student to `out` (default run_dir/student).
 
     `train` is a `configs/train/*.yaml` mapping (its `deepspeed` entry may be a DeepSpeed config mapping or
-    path). With `resume`, a run folder that holds checkpoints continues from the last one (weights, optimizer,
-    scheduler, data position and RNG). Writes metrics.jsonl, metrics.json and loss.png into `run_dir`.
+    path). With `resume`, a run folder that holds checkpoints continues from the last complete one (weights,
+    optimizer, scheduler, data position and RNG; see `minitron.train.trainer.resume_point`). Writes metrics.jsonl,
+    metrics.json and loss.png into `run_dir`.
+    `callbacks` (transformers `TrainerCallback`s) are added to the trainer, e.g. to record a validation curve.
     """
-    from minitron.train.trainer import build_trainer, lm_loss, plot_curves, training_arguments
+    from minitron.train.trainer import build_trainer, lm_loss, plot_curves, resume_point, save_final, training_arguments
 
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "student"
@@ -242,15 +223,13 @@ def distill(
         teacher.to(device=args.device, dtype=torch.bfloat16 if args.bf16 else teacher.dtype)
     student.train()
 
-    last = _last_checkpoint(ckpt_dir) if resume else None
-    if not resume and ckpt_dir.exists() and args.process_index == 0:
-        shutil.rmtree(ckpt_dir)
-    if args.process_index == 0:
-        _trim_metrics(run_dir / "metrics.jsonl", _checkpoint_step(last))
+    last = resume_point(args, run_dir / "metrics.jsonl", resume=resume)
     trainer = build_trainer(
         student, args, train_dataset, loss_fn=DistillLoss(teacher, spec, sharded=sharded), seq_len=seq_len,
         metrics_path=run_dir / "metrics.jsonl", desc="distill",
     )
+    for callback in callbacks or ():
+        trainer.add_callback(callback)
     if last is not None:
         print(f"resuming from {last}")
     start = time.perf_counter()
@@ -262,7 +241,7 @@ def distill(
     teacher_val = lm_loss(teacher, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
     tokens = trainer.tokens_seen
     result = DistillResult(str(out), val, teacher_val, tokens, trainer.state.global_step, seconds)
-    _save_student(trainer, out, tokenizer, result)
+    save_final(trainer, out, tokenizer, "minitron_distill.json", asdict(result), before_rename=_drop_projection)
     if args.process_index == 0:
         write_json(run_dir / "metrics.json", asdict(result))
         plot_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title="distill")
@@ -270,24 +249,6 @@ def distill(
     if hasattr(_unwrap(trainer.model), PROJECTION):
         delattr(_unwrap(trainer.model), PROJECTION)
     return result
-
-
-def _save_student(trainer, out: Path, tokenizer, result: DistillResult) -> None:
-    """Every rank takes part (ZeRO-3 gathers the shards); rank 0 finishes the folder and renames it into place."""
-    partial = out.with_name(f".{out.name}.partial")
-    trainer.save_model(str(partial))
-    trainer.accelerator.wait_for_everyone()
-    if trainer.args.process_index == 0:
-        _drop_projection(partial)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(partial))
-        for extra in ("training_args.bin",):
-            (partial / extra).unlink(missing_ok=True)
-        write_json(partial / "minitron_distill.json", asdict(result))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(partial, out)
-    trainer.accelerator.wait_for_everyone()
 
 
 def _drop_projection(folder: Path) -> None:

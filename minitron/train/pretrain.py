@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,13 +126,33 @@ def load_model(model_cfg: DictConfig) -> PreTrainedModel:
     return model
 
 
+def _rank_zero() -> bool:
+    """Whether this process is the first of a torchrun/DeepSpeed launch (or the only one), before the Trainer exists."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
+    """Train `cfg.model` on `cfg.data` with the causal-LM loss and save it to `cfg.out` (or the keyed cache).
+
+    With `cfg.resume` (the default), a run folder that holds checkpoints continues from the last one (weights,
+    optimizer, scheduler, data position and RNG), so a killed run re-run with `hydra.run.dir=THAT_FOLDER` ends
+    with the weights an uninterrupted one would have. Under torchrun only rank 0 writes the run files.
+    """
     from minitron.data import load_corpus
-    from minitron.train.trainer import build_trainer, lm_loss, plot_curves, training_arguments, unigram_loss
+    from minitron.train.trainer import (
+        build_trainer,
+        lm_loss,
+        plot_curves,
+        resume_point,
+        save_final,
+        training_arguments,
+        unigram_loss,
+    )
 
     run_dir = Path(run_dir)
     corpus = load_corpus(cfg.data)
-    write_json(run_dir / "corpus.json", corpus.fingerprint)
+    if _rank_zero():
+        write_json(run_dir / "corpus.json", corpus.fingerprint)
     tokenizer, tokenizer_key = load_tokenizer(cfg, corpus)
 
     arch = cfg.model.arch
@@ -148,8 +169,9 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
         saved = json.loads(summary_file.read_text())
         saved["cached"] = True
         result = PretrainResult(**{k: saved[k] for k in PretrainResult.__dataclass_fields__})
-        print(f"reusing the cached model at {out} (validation loss {result.val_loss:.3f})")
-        write_json(run_dir / "metrics.json", asdict(result))
+        if _rank_zero():
+            print(f"reusing the cached model at {out} (validation loss {result.val_loss:.3f})")
+            write_json(run_dir / "metrics.json", asdict(result))
         return result
     if out.exists() and any(out.iterdir()) and not cfg.get("overwrite", False):
         raise MinitronError(f"out={out} exists and is not empty; choose another folder or pass overwrite=true")
@@ -161,25 +183,26 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
         model = build_model(arch, tokenizer, seed=cfg.seed, dtype=cfg.model.get("dtype", "float32"))
     params = sum(p.numel() for p in model.parameters())
     args = training_arguments(cfg.train, run_dir / "checkpoints", seed=cfg.seed)
-    trainer = build_trainer(
-        model, args, splits["train"], seq_len=cfg.data.seq_len, metrics_path=run_dir / "metrics.jsonl", desc="pretrain"
-    )
-    print(f"pretraining {type(model).__name__} with {params:,} parameters on {len(splits['train']):,} blocks "
-          f"of {cfg.data.seq_len} tokens for {args.max_steps} steps")
+    main = args.process_index == 0
+    metrics_path = run_dir / "metrics.jsonl"
+    last = resume_point(args, metrics_path, resume=bool(cfg.get("resume", True)))
+    trainer = build_trainer(model, args, splits["train"], seq_len=cfg.data.seq_len, metrics_path=metrics_path, desc="pretrain")
+    if main:
+        print(f"pretraining {type(model).__name__} with {params:,} parameters on {len(splits['train']):,} blocks "
+              f"of {cfg.data.seq_len} tokens for {args.max_steps} steps")
+        if last is not None:
+            print(f"resuming from {last}")
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
 
-    model = trainer.model
-    val = lm_loss(model, splits["validation"], batch_size=args.per_device_eval_batch_size,
+    val = lm_loss(trainer.model, splits["validation"], batch_size=args.per_device_eval_batch_size,
                   max_batches=cfg.train.get("eval_batches"))
     uni = unigram_loss(splits["train"], splits["validation"], model.config.vocab_size)
     result = PretrainResult(str(out), val, uni, params, trainer.tokens_seen, seconds, cached=False)
-    with atomic_path(out) as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        write_json(tmp / "minitron_pretrain.json", {**asdict(result), "corpus": corpus.fingerprint})
-    write_json(run_dir / "metrics.json", asdict(result))
-    plot_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"pretrain {cfg.model.name}")
-    print(f"validation loss {val:.3f} nats/token (unigram baseline {uni:.3f}); saved to {out}")
+    save_final(trainer, out, tokenizer, "minitron_pretrain.json", {**asdict(result), "corpus": corpus.fingerprint})
+    if main:
+        write_json(run_dir / "metrics.json", asdict(result))
+        plot_curves(metrics_path, run_dir / "loss.png", title=f"pretrain {cfg.model.name}")
+        print(f"validation loss {val:.3f} nats/token (unigram baseline {uni:.3f}); saved to {out}")
     return result

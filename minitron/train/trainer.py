@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from minitron.config import to_plain
 from minitron.errors import MinitronError
+from minitron.io import write_json, write_text
 
 LossFn = Callable[[PreTrainedModel, dict[str, torch.Tensor]], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -213,6 +215,103 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def last_checkpoint(folder: Path, *, before: int | None = None) -> str | None:
+    """The newest complete `checkpoint-N` in `folder` (with N < `before` when given), or None.
+
+    The Trainer writes trainer_state.json last, so a folder without it was cut short by a kill and is passed over.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    done = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()
+            and (p / "trainer_state.json").is_file()]
+    if before is not None:
+        done = [p for p in done if checkpoint_step(str(p)) < before]
+    return str(max(done, key=lambda p: checkpoint_step(str(p)))) if done else None
+
+
+def checkpoint_step(checkpoint: str | None) -> int:
+    """The optimizer step a `checkpoint-N` folder was saved at (0 for None: a fresh start)."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else 0
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the records up to the checkpoint a run resumes from (a killed run may have logged past it, or died
+    halfway through a line)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step and "train_runtime" not in record:
+            kept.append(line)
+    write_text(path, "".join(line + "\n" for line in kept))
+
+
+def resume_point(args: TrainingArguments, metrics_path: Path, *, resume: bool) -> str | None:
+    """The checkpoint to continue from (None: start afresh) in `args.output_dir`.
+
+    With `resume` that is the last complete checkpoint before `max_steps` (the Trainer, resumed from the final
+    step, would take one step more; the last stretch is trained again instead, to the same weights). Without it
+    the old checkpoints are removed. Either way metrics.jsonl keeps only the records up to the step the run
+    restarts from. Files are changed on rank 0 only.
+    """
+    folder = Path(args.output_dir)
+    last = last_checkpoint(folder, before=args.max_steps) if resume else None
+    if args.process_index == 0:
+        if not resume and folder.exists():
+            shutil.rmtree(folder)
+        trim_metrics(metrics_path, checkpoint_step(last))
+    return last
+
+
+def save_final(
+    trainer: Trainer,
+    out: Path,
+    tokenizer,
+    summary_name: str,
+    summary: dict[str, Any],
+    before_rename: Callable[[Path], None] | None = None,
+) -> None:
+    """Save the trained model to `out` as a stock checkpoint with its tokenizer and a summary JSON.
+
+    Every rank takes part (ZeRO-3 gathers the shards) and writes into a hidden partial sibling; rank 0 then
+    finishes the folder (`before_rename(folder)` first, e.g. to drop training-only tensors) and renames it into
+    place, so `out` is either the old folder or the complete new one.
+    """
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
+    main = trainer.args.process_index == 0
+    if main and partial.exists():
+        shutil.rmtree(partial)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        if before_rename is not None:
+            before_rename(partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(partial))
+        (partial / "training_args.bin").unlink(missing_ok=True)
+        write_json(partial / summary_name, summary)
+        for f in partial.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as handle:
+                    os.fsync(handle.fileno())
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 @torch.no_grad()
