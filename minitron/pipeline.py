@@ -187,7 +187,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("distilled", results["distill"]["path"])
 
     def scratch() -> dict[str, Any]:
-        from minitron.train.trainer import build_trainer, plot_curves, training_arguments
+        from minitron.train.trainer import build_trainer, plot_curves, resume_point, save_final, training_arguments
 
         pruned_config = json.loads((Path(results["prune"]["path"]) / "config.json").read_text())
         config = type(model.config).from_dict(pruned_config)
@@ -196,14 +196,15 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         fresh.generation_config = model.generation_config
         train_cfg = OmegaConf.merge(cfg.train, {"lr": cfg.baseline.lr, "deepspeed": None})
         args = training_arguments(train_cfg, run_dir / "scratch" / "checkpoints", seed=cfg.seed)
-        trainer = build_trainer(fresh, args, data["train"], seq_len=cfg.data.seq_len,
-                                metrics_path=run_dir / "scratch" / "metrics.jsonl", desc="from scratch")
-        trainer.train()
-        if _rank()[0] != 0:
-            return {"path": str(run_dir / "scratch" / "model")}
-        save_checkpoint(trainer.model, tokenizer, run_dir / "scratch" / "model", overwrite=True)
-        plot_curves(run_dir / "scratch" / "metrics.jsonl", run_dir / "plots" / "scratch_loss.png", title="from scratch")
-        return {"path": str(run_dir / "scratch" / "model"), "tokens": trainer.tokens_seen}
+        metrics = run_dir / "scratch" / "metrics.jsonl"
+        last = resume_point(args, metrics, resume=True)  # a killed run continues from its last checkpoint
+        trainer = build_trainer(fresh, args, data["train"], seq_len=cfg.data.seq_len, metrics_path=metrics, desc="from scratch")
+        trainer.train(resume_from_checkpoint=last)
+        out = run_dir / "scratch" / "model"
+        save_final(trainer, out, tokenizer, "minitron_pretrain.json", {"tokens": trainer.tokens_seen, "steps": trainer.state.global_step})
+        if _rank()[0] == 0:
+            plot_curves(metrics, run_dir / "plots" / "scratch_loss.png", title="from scratch")
+        return {"path": str(out), "tokens": trainer.tokens_seen}
 
     if cfg.baseline.enabled:
         results["scratch"] = stage(run_dir, "scratch", scratch, every_rank=True)
