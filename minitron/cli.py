@@ -20,6 +20,7 @@ VERBS: dict[str, str] = {
     "distill": "retrain a pruned student against a frozen teacher's logits (DeepSpeed)",
     "eval": "evaluate a checkpoint with lm-eval",
     "pipeline": "teacher -> importance -> prune -> distill -> evaluate, with a report",
+    "ablate": "the paper's findings at small scale: five studies, mean and spread over seeds, one results page",
 }
 
 HYDRA_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--resolve", "--package", "-p")
