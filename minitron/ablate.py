@@ -87,7 +87,7 @@ def build_teacher(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict[str, Any]]
             raise MinitronError(f"teacher.path={path} is not a checkpoint folder; leave it null to train the study's teacher")
         summary = path / "minitron_pretrain.json"
         return path, json.loads(summary.read_text()) if summary.is_file() else {}
-    overrides = [*map(str, cfg.teacher.overrides), f"cache_dir={cfg.cache_dir}"]
+    overrides = [*map(str, cfg.teacher.overrides), f"cache_dir='{Path(str(cfg.cache_dir)).expanduser()}'"]
     result = pretrain(compose("pretrain", overrides), run_dir / "teacher")
     return Path(result.path), json.loads((Path(result.path) / "minitron_pretrain.json").read_text())
 

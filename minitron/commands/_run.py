@@ -41,7 +41,7 @@ def teacher_path(cfg: DictConfig, run_dir: Path) -> Path:
     from minitron.config import compose
     from minitron.train.pretrain import pretrain
 
-    default = compose("pretrain", [f"cache_dir={cfg.cache_dir}"])
+    default = compose("pretrain", [f"cache_dir='{Path(str(cfg.cache_dir)).expanduser()}'"])
     return Path(pretrain(default, Path(run_dir) / "teacher").path)
 
 

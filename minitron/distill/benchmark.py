@@ -3,6 +3,7 @@
     python -m minitron.distill.benchmark                  # everything at the sizes of the README table
     python -m minitron.distill.benchmark --only step      # (a) only
     python -m minitron.distill.benchmark --vocab 32000 --tokens 512 --hidden 256   # a quick (b)/(c)
+    python -m minitron.distill.benchmark --json distill.json   # also write every figure and setting as JSON
 
 (a) step: one distillation optimizer step (student forward + backward with the chunked forward-KL loss, teacher
     forward under no_grad) against the sum of a plain cross-entropy step of the student and a no_grad forward of
@@ -11,13 +12,14 @@
     T tokens and hidden size H for both models: peak memory above the inputs and time; targets <= 0.15x memory,
     <= 1.3x time.
 (c) the same for TRL's generalized JSD loss (the peer), when `trl` imports here.
-Memory in (b)/(c) is the peak resident set of a fresh child process above its size once the inputs exist (CPU),
+The targets are in TARGETS (and in the JSON). Memory in (b)/(c) is the peak resident set of a fresh child process above its size once the inputs exist (CPU),
 or the CUDA allocator's peak above the inputs (GPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import resource
@@ -25,8 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+from minitron.io import write_json
+
+# (a) step ratio; (b) chunked / plain memory and time. (c) has no target: TRL is the peer, measured side by side.
+TARGETS = {"step_ratio": 1.10, "memory_ratio": 0.15, "time_ratio": 1.3}
 
 
 def _timed(fn, repeats: int) -> float:
@@ -81,8 +89,10 @@ def step_overhead(batch: int = 16, seq: int = 256, repeats: int = 9, seed: int =
     kd_s, ce_s, tf_s = (statistics.median(x) for x in (kd_t, ce_t, tf_t))
     # the ratio of each round, then the median: robust to load that drifts between rounds on a shared machine
     ratios = [k / (c + t) for k, c, t in zip(kd_t, ce_t, tf_t)]
-    return {"distill_step_s": kd_s, "student_ce_step_s": ce_s, "teacher_forward_s": tf_s,
-            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+    return {"batch": batch, "seq_len": seq, "repeats": repeats, "chunk": chunk,
+            "distill_step_s": kd_s, "student_ce_step_s": ce_s, "teacher_forward_s": tf_s,
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "target": TARGETS["step_ratio"]}
 
 
 # ---- (b)/(c) vocabulary loss ---------------------------------------------------------------------------
@@ -190,6 +200,7 @@ def vocab_loss(vocab: int, tokens: int, hidden: int, chunk: int, repeats: int, d
 
 def _trl_gkd():
     """TRL's GKD trainer class (its generalized JSD loss is a static method); it moved to trl.experimental in 0.2x."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # it warns that trl.experimental may change: known
     try:
         from trl.experimental.gkd import GKDTrainer
     except ImportError:
@@ -205,7 +216,19 @@ def _trl_available() -> bool:
     return True
 
 
-def main(argv: list[str] | None = None) -> None:
+def _ratios(r: dict, num: str, den: str) -> dict[str, float] | None:
+    """num / den for memory and time, when both ran."""
+    if num not in r or den not in r or "error" in r[num] or "error" in r[den]:
+        return None
+    memory = r[num]["peak_bytes"] / r[den]["peak_bytes"] if r[den]["peak_bytes"] > 0 else None  # none at tiny sizes
+    return {"memory": memory, "time": r[num]["seconds"] / r[den]["seconds"]}
+
+
+def _x(ratio: float | None) -> str:
+    return "n/a (no measurable peak)" if ratio is None else f"{ratio:.3f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["step", "vocab"], default=None)
     p.add_argument("--vocab", type=int, default=256_000)
@@ -213,41 +236,59 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--chunk", type=int, default=128, help="tokens per chunk in (b)/(c)")
     p.add_argument("--step-chunk", type=int, default=256, help="tokens per chunk in (a); 0: the full-logits loss")
+    p.add_argument("--step-batch", type=int, default=16, help="sequences per step in (a)")
+    p.add_argument("--step-seq", type=int, default=256, help="tokens per sequence in (a)")
+    p.add_argument("--step-repeats", type=int, default=9, help="interleaved rounds in (a)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--kinds", default=None, help="comma-separated subset of plain,chunked,trl_jsd,chunked_jsd")
+    p.add_argument("--json", type=Path, help="also write every figure and setting to this JSON file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(_vocab_child(a.child, a.vocab, a.tokens, a.hidden, a.chunk, a.repeats, a.device)))
-        return
+        return 0
+    report: dict = {"date": str(datetime.date.today()), "device": a.device, "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "targets": TARGETS}
+    failed = False
     print(f"device: {a.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if a.only in (None, "step"):
-        r = step_overhead(chunk=a.step_chunk)
-        print(f"(a) chunk {a.step_chunk}: distill step {r['distill_step_s'] * 1e3:.1f} ms / (student CE step {r['student_ce_step_s'] * 1e3:.1f} ms"
-              f" + teacher forward {r['teacher_forward_s'] * 1e3:.1f} ms): median of per-round ratios {r['ratio']:.3f} "
-              f"(range {r['ratio_min']:.2f}-{r['ratio_max']:.2f}; target <= 1.10)")
+        r = step_overhead(batch=a.step_batch, seq=a.step_seq, repeats=a.step_repeats, chunk=a.step_chunk)
+        report["step"] = r
+        print(f"(a) {a.step_batch} x {a.step_seq} tokens, chunk {a.step_chunk}: distill step {r['distill_step_s'] * 1e3:.1f} ms"
+              f" / (student CE step {r['student_ce_step_s'] * 1e3:.1f} ms + teacher forward {r['teacher_forward_s'] * 1e3:.1f} ms):"
+              f" median of per-round ratios {r['ratio']:.3f} (range {r['ratio_min']:.2f}-{r['ratio_max']:.2f};"
+              f" target <= {TARGETS['step_ratio']:.2f})")
     if a.only in (None, "vocab"):
-        kinds = ["plain", "chunked"] + (["trl_jsd", "chunked_jsd"] if _trl_available() else [])
+        trl = _trl_available()
+        kinds = ["plain", "chunked"] + (["trl_jsd", "chunked_jsd"] if trl else [])
         if a.kinds:
             kinds = [k for k in a.kinds.split(",") if k in kinds]
         r = vocab_loss(a.vocab, a.tokens, a.hidden, a.chunk, a.repeats, a.device, kinds)
+        failed = any("error" in v for v in r.values())
+        kd, peer = _ratios(r, "chunked", "plain"), _ratios(r, "chunked_jsd", "trl_jsd")
+        report["vocab"] = {"vocab": a.vocab, "tokens": a.tokens, "hidden": a.hidden, "chunk": a.chunk,
+                           "repeats": a.repeats, "trl_installed": trl, "results": r,
+                           "chunked_over_plain": kd, "chunked_jsd_over_trl_jsd": peer}
         print(f"(b) KD loss forward+backward, vocab {a.vocab:,}, {a.tokens:,} tokens, hidden {a.hidden:,}, chunk {a.chunk}:")
         for kind, v in r.items():
             if "error" in v:
-                print(f"    {kind:8s} failed: {v['error']}")
+                print(f"    {kind:11s} failed: {v['error']}")
             else:
-                print(f"    {kind:8s} {v['seconds']:8.2f} s   peak {v['peak_bytes'] / 2**30:7.2f} GiB above the inputs")
-        if {"plain", "chunked"} <= r.keys() and "error" not in r["plain"] and "error" not in r["chunked"]:
-            print(f"    chunked / plain: memory {r['chunked']['peak_bytes'] / r['plain']['peak_bytes']:.3f}x (target <= 0.15), "
-                  f"time {r['chunked']['seconds'] / r['plain']['seconds']:.3f}x (target <= 1.3)")
-        if "trl_jsd" not in r:
-            print("(c) TRL is not installed here (or not asked for): no peer measurement")
-        elif "error" not in r["trl_jsd"] and "error" not in r["chunked_jsd"]:
-            print(f"(c) chunked JSD / TRL generalized JSD: memory "
-                  f"{r['chunked_jsd']['peak_bytes'] / r['trl_jsd']['peak_bytes']:.3f}x, "
-                  f"time {r['chunked_jsd']['seconds'] / r['trl_jsd']['seconds']:.3f}x")
+                print(f"    {kind:11s} {v['seconds']:8.2f} s   peak {v['peak_bytes'] / 2**30:7.2f} GiB above the inputs")
+        if kd:
+            print(f"    chunked / plain: memory {_x(kd['memory'])} (target <= {TARGETS['memory_ratio']}), "
+                  f"time {_x(kd['time'])} (target <= {TARGETS['time_ratio']})")
+        if not trl:
+            print("(c) TRL is not installed here: no peer measurement")
+        elif "trl_jsd" not in r:
+            print("(c) TRL's generalized JSD was not asked for (--kinds): no peer measurement")
+        elif peer:
+            print(f"(c) chunked JSD / TRL generalized JSD: memory {_x(peer['memory'])}, time {_x(peer['time'])}")
+    if a.json:
+        write_json(a.json, report)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -45,7 +45,7 @@ def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
     if tc.steps < 0:
         raise MinitronError(f"teacher_correction.steps must be >= 0, got {tc.steps}")
     lr = float(tc.lr) if tc.lr is not None else float(cfg.train.lr) / 5
-    base = compose("pretrain", [f"cache_dir={cfg.cache_dir}", f"seed={cfg.seed}"])
+    base = compose("pretrain", [f"cache_dir='{Path(str(cfg.cache_dir)).expanduser()}'", f"seed={cfg.seed}"])
     train = to_plain(train_settings(cfg))
     train.update(max_steps=int(tc.steps), lr=lr, save_steps=0)
     correction = OmegaConf.merge(

@@ -125,6 +125,19 @@ class TokenProgressCallback(TrainerCallback):
             self.bar = None
 
 
+class FinishWandbRun(TrainerCallback):
+    """Close the wandb run when training ends. transformers' WandbCallback leaves it open, so the next Trainer in
+    the same process (the pipeline's stages, search candidates, ablation cells) would log into the first run."""
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if "wandb" in (args.report_to or []) and state.is_world_process_zero:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+            wandb.teardown()  # the next run re-reads WANDB_DIR (wandb keeps its settings until torn down)
+
+
 class MetricsFileCallback(TrainerCallback):
     """Appends every log record (with step and tokens seen) to a JSON-lines file in the run folder."""
 
@@ -209,7 +222,8 @@ def build_trainer(
         train_dataset=train_dataset,
         data_collator=collate,
         loss_fn=loss_fn,
-        callbacks=[TokenProgressCallback(tokens_per_step, desc), MetricsFileCallback(metrics_path, tokens_per_step)],
+        callbacks=[TokenProgressCallback(tokens_per_step, desc), MetricsFileCallback(metrics_path, tokens_per_step),
+                   FinishWandbRun()],
     )
     trainer.tokens_per_step = tokens_per_step
     trainer.remove_callback(PrinterCallback)

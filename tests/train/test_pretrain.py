@@ -164,3 +164,21 @@ def test_wandb_logs_offline_into_the_run_folder(tmp_path, monkeypatch):
     assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(tmp_path / "run")
     with pytest.raises(MinitronError, match="train.logger"):
         training_arguments(compose("pretrain", ["train.logger=mlflow"]).train, tmp_path, seed=0)
+
+
+def test_each_training_in_one_process_gets_its_own_wandb_run(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from minitron.models.tiny import tiny_model
+    from minitron.train.trainer import build_trainer, training_arguments
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    blocks = Dataset.from_dict({"input_ids": torch.randint(0, 64, (8, 16)).tolist(), "attention_mask": [[1] * 16] * 8})
+    for name in ("first", "second"):
+        train = compose("pretrain", ["train.logger=wandb", "train.max_steps=2", "train.batch_size=4"]).train
+        args = training_arguments(train, tmp_path / name / "checkpoints", seed=0)
+        trainer = build_trainer(tiny_model("llama", 0, vocab_size=64), args, blocks, seq_len=16,
+                                metrics_path=tmp_path / name / "metrics.jsonl")
+        trainer.train()
+    for name in ("first", "second"):
+        assert len(list((tmp_path / name / "wandb").glob("offline-run-*"))) == 1, f"{name} has no wandb run of its own"
