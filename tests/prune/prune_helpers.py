@@ -6,22 +6,12 @@ import torch
 
 from minitron.importance import Importance, config_hash
 from minitron.models import get_adapter
+from small_runs import SMALL_ARCH, SMALL_DATA
 
 # A very small `minitron pretrain` run (a few seconds): a 2-layer Nemotron with a 320-token BPE tokenizer.
-DATA = [
-    "data.seq_len=64",
-    "data.max_train_docs=12",
-    "data.num_proc=1",
-    "data.tokenizer.vocab_size=320",
-    "data.tokenizer.train_bytes=200000",
-]
+DATA = SMALL_DATA
 TEACHER = [
-    "model.arch.hidden_size=32",
-    "model.arch.intermediate_size=64",
-    "model.arch.num_hidden_layers=2",
-    "model.arch.num_attention_heads=4",
-    "model.arch.num_key_value_heads=2",
-    "model.arch.head_dim=8",
+    *SMALL_ARCH,
     "train.max_steps=4",
     "train.batch_size=4",
     "train.warmup_steps=1",

@@ -14,19 +14,11 @@ from minitron.commands.pretrain import run
 from minitron.config import compose
 from minitron.errors import MinitronError
 from minitron.train.trainer import collate, lm_loss, unigram_loss
+from small_runs import SMALL_ARCH, SMALL_DATA
 
 SMALL = [
-    "model.arch.hidden_size=32",
-    "model.arch.intermediate_size=64",
-    "model.arch.num_hidden_layers=2",
-    "model.arch.num_attention_heads=4",
-    "model.arch.num_key_value_heads=2",
-    "model.arch.head_dim=8",
-    "data.seq_len=64",
-    "data.max_train_docs=12",
-    "data.num_proc=1",
-    "data.tokenizer.vocab_size=320",
-    "data.tokenizer.train_bytes=200000",
+    *SMALL_ARCH,
+    *SMALL_DATA,
     "train.max_steps=6",
     "train.batch_size=4",
     "train.warmup_steps=2",

@@ -20,21 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 from minitron.train.trainer import checkpoint_step, last_checkpoint, trim_metrics
+from small_runs import SMALL_ARCH, SMALL_DATA
 
 BIN = Path(sys.executable).parent
 SAVE_EVERY = 5
 RUN = [
-    "model.arch.hidden_size=32",
-    "model.arch.intermediate_size=64",
-    "model.arch.num_hidden_layers=2",
-    "model.arch.num_attention_heads=4",
-    "model.arch.num_key_value_heads=2",
-    "model.arch.head_dim=8",
-    "data.seq_len=64",
-    "data.max_train_docs=12",
-    "data.num_proc=1",
-    "data.tokenizer.vocab_size=320",
-    "data.tokenizer.train_bytes=200000",
+    *SMALL_ARCH,
+    *SMALL_DATA,
     # 4 micro-batches per step keep a step long enough for the poll below to kill the run before it ends
     "train.max_steps=60",
     "train.batch_size=2",
