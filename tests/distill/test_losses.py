@@ -41,6 +41,26 @@ def test_forward_and_reverse_kl_match_a_float64_reference(temperature):
     torch.testing.assert_close(got.double(), temperature**2 * _ref_kl(q, p), rtol=1e-5, atol=1e-6)
 
 
+def test_forward_kl_gradients_and_infinite_logits_match_the_masked_form():
+    from minitron.distill.losses import _kl_from_log, forward_kl
+
+    s, t = _logits(1)
+    t[0, :3] = -float("inf")  # vocabulary entries the teacher masks: 0 log 0 counts as 0
+    s_ref = s.clone().requires_grad_()
+    ref = _kl_from_log(torch.log_softmax(t, -1), torch.log_softmax(s_ref, -1))
+    s_new = s.clone().requires_grad_()
+    got = forward_kl(s_new, t)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(s_new.grad, s_ref.grad, rtol=1e-5, atol=1e-6)
+    # a -inf student logit where the teacher also puts no mass, and teacher logits that carry gradients
+    s[0, :3] = -float("inf")
+    assert torch.isfinite(forward_kl(s, t)).all()
+    t_req = t.clone().requires_grad_()
+    torch.testing.assert_close(forward_kl(s, t_req), forward_kl(s, t), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
 def test_generalized_jsd_matches_its_definition(beta):
     s, t = _logits(1)
