@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-batch", type=int, default=16, help="sequences per step in (a)")
     p.add_argument("--step-seq", type=int, default=256, help="tokens per sequence in (a)")
     p.add_argument("--step-repeats", type=int, default=9, help="interleaved rounds in (a)")
+    p.add_argument("--peer-tokens", type=int, default=None,
+                   help="tokens for (c) (default: --tokens); TRL's loss needs about 17 GiB per 1,024 tokens at vocab 256,000")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--kinds", default=None, help="comma-separated subset of plain,chunked,trl_jsd,chunked_jsd")
@@ -261,16 +263,20 @@ def main(argv: list[str] | None = None) -> int:
               f" target <= {TARGETS['step_ratio']:.2f})")
     if a.only in (None, "vocab"):
         trl = _trl_available()
-        kinds = ["plain", "chunked"] + (["trl_jsd", "chunked_jsd"] if trl else [])
+        kd_kinds, peer_kinds = ["plain", "chunked"], (["trl_jsd", "chunked_jsd"] if trl else [])
         if a.kinds:
-            kinds = [k for k in a.kinds.split(",") if k in kinds]
-        r = vocab_loss(a.vocab, a.tokens, a.hidden, a.chunk, a.repeats, a.device, kinds)
+            asked = a.kinds.split(",")
+            kd_kinds, peer_kinds = [k for k in kd_kinds if k in asked], [k for k in peer_kinds if k in asked]
+        peer_tokens = a.peer_tokens or a.tokens
+        r = vocab_loss(a.vocab, a.tokens, a.hidden, a.chunk, a.repeats, a.device, kd_kinds)
+        r.update(vocab_loss(a.vocab, peer_tokens, a.hidden, a.chunk, a.repeats, a.device, peer_kinds))
         failed = any("error" in v for v in r.values())
         kd, peer = _ratios(r, "chunked", "plain"), _ratios(r, "chunked_jsd", "trl_jsd")
-        report["vocab"] = {"vocab": a.vocab, "tokens": a.tokens, "hidden": a.hidden, "chunk": a.chunk,
-                           "repeats": a.repeats, "trl_installed": trl, "results": r,
+        report["vocab"] = {"vocab": a.vocab, "tokens": a.tokens, "peer_tokens": peer_tokens, "hidden": a.hidden,
+                           "chunk": a.chunk, "repeats": a.repeats, "trl_installed": trl, "results": r,
                            "chunked_over_plain": kd, "chunked_jsd_over_trl_jsd": peer}
-        print(f"(b) KD loss forward+backward, vocab {a.vocab:,}, {a.tokens:,} tokens, hidden {a.hidden:,}, chunk {a.chunk}:")
+        print(f"(b) KD loss forward+backward, vocab {a.vocab:,}, {a.tokens:,} tokens ((c): {peer_tokens:,}), "
+              f"hidden {a.hidden:,}, chunk {a.chunk}:")
         for kind, v in r.items():
             if "error" in v:
                 print(f"    {kind:11s} failed: {v['error']}")
