@@ -36,12 +36,13 @@ GIB = 2**30
 KEYS = ("importance", "distill", "pipeline", "scale")
 
 # Arguments of each script per size. "full" is each script's own defaults (the README's settings: the KD loss at
-# vocabulary 256,000 and 2,048 tokens), except that TRL's generalized JSD, the peer in (c), runs at 1,024 tokens:
-# it needs about 17 GiB per 1,024 tokens, and 2,048 would not fit in this project's 24 GiB build machine.
+# vocabulary 256,000 and 2,048 tokens), except that TRL's generalized JSD, the peer in (c), runs at 1,024 tokens
+# (it needs about 17 GiB per 1,024 tokens, and 2,048 would not fit in this project's 24 GiB build machine) and
+# that (b)/(c) time one forward+backward after the warm-up (each takes a minute or more on 2 CPU cores).
 # "quick" is a smoke run of a few minutes; "tiny" is the smallest that runs every code path (for tests: its
 # figures mean nothing).
 SIZES: dict[str, dict[str, list[str]]] = {
-    "full": {"importance": [], "distill": ["--peer-tokens", "1024"], "scale": []},
+    "full": {"importance": [], "distill": ["--peer-tokens", "1024", "--repeats", "1"], "scale": []},
     "quick": {
         "importance": ["--repeats", "3", "--batches", "2"],
         "distill": ["--step-batch", "8", "--step-seq", "128", "--step-repeats", "5",
