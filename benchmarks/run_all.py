@@ -1,6 +1,6 @@
 """Run every benchmark of the project, one after another on this machine, and print one table of every figure.
 
-    .venv/bin/python benchmarks/run_all.py --out table.md    # the README's figures (the scale run needs ~60 GB of disk)
+    .venv/bin/python benchmarks/run_all.py --out table.md    # the README's figures (the scale run needs ~50 GB of disk)
     .venv/bin/python benchmarks/run_all.py --quick           # small settings, a smoke run (minutes, not for the README)
     .venv/bin/python benchmarks/run_all.py --pipeline runs/pipeline/DATE --skip-scale   # an existing run's stages
 

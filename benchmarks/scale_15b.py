@@ -1,6 +1,6 @@
 """Prune a Nemotron-4-15B-shaped checkpoint on a machine with far less memory than the model: the scale benchmark.
 
-    .venv/bin/python benchmarks/scale_15b.py                       # about 31 GB written, ~10 minutes on 2 cores
+    .venv/bin/python benchmarks/scale_15b.py                       # about 31 GB written, ~7 minutes on 2 cores
     .venv/bin/python benchmarks/scale_15b.py --dir /big/disk --keep --json scale.json
 
 1. write: a seeded random checkpoint with the exact shapes of Nemotron-4 15B (`configs/model/nemotron4_15b.yaml`),
@@ -185,7 +185,7 @@ def _self(stage: str, *args: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dir", type=Path, default=ROOT, help="where to make the work folder (needs ~58 GB free)")
+    p.add_argument("--dir", type=Path, default=ROOT, help="where to make the work folder (needs ~50 GB free)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calib-samples", type=int, default=8)
     p.add_argument("--calib-seq-len", type=int, default=256)

@@ -100,7 +100,9 @@ def test_a_rerun_reuses_every_cell_and_report_rebuilds_the_page(swept, tmp_path,
     assert ": running" not in out and out.count(": cached") == 23  # the width/KL cell serves four studies
     page = tmp_path / "page.md"
     assert main(["ablate", "study=report", f"page={page}", f"hydra.run.dir={tmp_path / 'report'}", *common]) == 0
-    assert page.read_text() == (root / "results" / "results.md").read_text()
+    # the same page, but its plots are named after it and written beside it
+    assert page.read_text().replace("](./page-", "](./results-") == (root / "results" / "results.md").read_text()
+    assert (tmp_path / "page-criteria.png").stat().st_size > 0 and (tmp_path / "page-curves.png").stat().st_size > 0
 
 
 def test_bad_study_and_impossible_shape_are_one_line_errors(tmp_path, capsys):
