@@ -77,7 +77,7 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """KL(p || q) per row, p the teacher's distribution. With constant teacher logits (distillation) it is
     p . log p - p . log q: autograd keeps only log q and p, and no `[tokens, vocab]` product is formed, which
-    roughly halves the plain loss's peak memory at a large vocabulary."""
+    cuts the plain loss's peak memory by about a third at a large vocabulary."""
     t = float(temperature)
     log_q = _log_softmax(student_logits, t)
     if teacher_logits.requires_grad:
@@ -96,15 +96,15 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 
 def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     t = float(temperature)
-    return _kl_from_log(F.log_softmax(student_logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1))
+    return _kl_from_log(_log_softmax(student_logits, t), _log_softmax(teacher_logits, t))
 
 
 def generalized_jsd(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5, temperature: float = 1.0
 ) -> torch.Tensor:
     t = float(temperature)
-    log_p = F.log_softmax(teacher_logits.float() / t, -1)
-    log_q = F.log_softmax(student_logits.float() / t, -1)
+    log_p = _log_softmax(teacher_logits, t)
+    log_q = _log_softmax(student_logits, t)
     # log m = log(beta p + (1 - beta) q), computed stably in log space
     log_m = torch.logsumexp(torch.stack([log_p + torch.log(torch.tensor(beta)), log_q + torch.log(torch.tensor(1 - beta))]), 0)
     return beta * _kl_from_log(log_p, log_m) + (1 - beta) * _kl_from_log(log_q, log_m)
@@ -115,7 +115,7 @@ def topk_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k: int, 
     k = min(int(k), teacher_logits.shape[-1])
     top, idx = teacher_logits.float().topk(k, dim=-1)
     s = student_logits.float().gather(-1, idx)
-    return _kl_from_log(F.log_softmax(top / t, -1), F.log_softmax(s / t, -1))
+    return _kl_from_log(_log_softmax(top, t), _log_softmax(s, t))
 
 
 def cross_entropy(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
