@@ -6,7 +6,7 @@
 
 In order, each in its own process so that they do not compete for the cores: the importance-scoring overhead
 (`benchmarks/importance_overhead.py`), the distillation benchmarks (a) step overhead, (b) chunked against plain KD
-loss and (c) against TRL's generalized JSD (`python -m minitron.distill.benchmark`), the default `minitron
+loss and (c) against TRL's generalized JSD (`python benchmarks/distill_loss.py`), the default `minitron
 pipeline` in a fresh run folder (or, with `--pipeline RUN`, the stage records of that run), and the scale run
 (`benchmarks/scale_15b.py`; skipped with `--skip-scale`, or when the disk lacks the space it needs). Each writes
 its figures as JSON (`--json`); every cell of the final table is read from those files, under a heading line
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = [
             run_script("importance", [sys.executable, str(ROOT / "benchmarks" / "importance_overhead.py"),
                                       *sizes["importance"]], work / "importance.json"),
-            run_script("distill", [sys.executable, "-m", "minitron.distill.benchmark", *sizes["distill"]],
+            run_script("distill", [sys.executable, str(ROOT / "benchmarks" / "distill_loss.py"), *sizes["distill"]],
                        work / "distill.json"),
             run_pipeline(work, args.pipeline, size),
         ]

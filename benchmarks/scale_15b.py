@@ -58,7 +58,7 @@ def _source_config(model: str):
 
 def _expected_parameters(model: str, target: str) -> int:
     """The pruned parameter count from the config alone (`minitron prune dry_run=true`)."""
-    from minitron.commands.prune import target_of
+    from minitron.workflows.prune import target_of
     from minitron.config import compose
     from minitron.prune.dry_run import dry_run
 
@@ -71,11 +71,12 @@ def stage_write(folder: Path, model: str, seed: int, shard_size: str) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from minitron.commands._run import teacher_path  # noqa: F401  (the CLI's own imports, warmed up once)
+    from minitron.train.pretrain import teacher_path  # noqa: F401  (the CLI's own imports, warmed up once)
     from minitron.config import compose
     from minitron.data import load_corpus
     from minitron.models import get_adapter
-    from minitron.prune.export import INDEX, _shard_plan, parse_size, write_safetensors_streaming
+    from minitron.checkpoint import parse_size
+    from minitron.prune.export import INDEX, _shard_plan, write_safetensors_streaming
     from minitron.train.pretrain import load_tokenizer
 
     config = _source_config(model)

@@ -1,9 +1,12 @@
-"""`minitron VERB [key=value ...]`: one entry point, one Hydra app per verb over `configs/VERB.yaml`."""
+"""`minitron VERB [key=value ...]`: one entry point, one Hydra app per verb over `configs/VERB.yaml`.
+
+Hydra, transformers and the verb's own module are imported inside the functions that need them, so that
+`minitron --help` answers at once; every other module of the package imports at the top.
+"""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import shutil
 import sys
@@ -47,20 +50,8 @@ def load_verb(verb: str):
     """The module implementing `verb`, which defines `run(cfg)`."""
     if verb not in VERBS:
         raise MinitronError(f"unknown verb '{verb}'; choose one of: {', '.join(VERBS)} (see `minitron --help`)")
-    name = f"minitron.commands.{verb}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name != name:
-            raise
-        raise MinitronError(
-            f"`minitron {verb}` is not implemented yet in this version; the verbs that run today are: "
-            f"{', '.join(implemented_verbs())}"
-        ) from None
-
-
-def implemented_verbs() -> list[str]:
-    return [v for v in VERBS if importlib.util.find_spec(f"minitron.commands.{v}") is not None]
+    # imported on demand: `minitron --help` stays instant, and a verb loads only the libraries it needs
+    return importlib.import_module(f"minitron.commands.{verb}")
 
 
 def _quiet_libraries() -> None:

@@ -9,6 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minitron.errors import MinitronError
@@ -24,10 +29,6 @@ def config_dir() -> Path:
 
 def compose(name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `configs/<name>.yaml` with overrides through Hydra's compose API (for tests and library use)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     outer = GlobalHydra.instance()
     saved = outer.hydra if outer.is_initialized() else None  # inside a running verb (a Hydra app)
     outer.clear()
@@ -49,9 +50,6 @@ def validate_overrides(verb: str, overrides: Sequence[str]) -> None:
     Hydra's own messages span several lines; we compose once up front to give the user one line that names the key.
     Sweeps (`-m key=a,b`) are checked with their first value.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import ConfigCompositionException, OverrideParseException
-
     user = [o for o in overrides if not o.startswith("-")]
     try:
         parsed = OverridesParser.create().parse_overrides(user)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from minitron.pipeline import stage
+from minitron.workflows.pipeline import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"

@@ -11,16 +11,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from minitron.commands._run import prepare_run_dir
+from minitron.commands._run import in_hydra_app, prepare_run_dir
 from minitron.io import write_json
-from minitron.pipeline import format_plan, plan, run_pipeline
+from minitron.workflows.pipeline import format_plan, plan, run_pipeline
 
 
 def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     if cfg.dry_run:
         result = plan(cfg)
         print(format_plan(result))
-        if run_dir is not None or _in_hydra_app():
+        if run_dir is not None or in_hydra_app():
             write_json(prepare_run_dir(cfg, run_dir) / "plan.json", result)
         return result
     run_dir = prepare_run_dir(cfg, run_dir)
@@ -29,9 +29,3 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
     print(Path(result["report"]).read_text().split("## Stage times")[0].rstrip())
     print(f"\nreport: {result['report']}")
     return result
-
-
-def _in_hydra_app() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.initialized()

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import datasets
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, Value
+from omegaconf import DictConfig, OmegaConf
 
 from minitron.errors import MinitronError
 
@@ -63,8 +64,6 @@ def fingerprint_key(fingerprint: Mapping[str, Any]) -> str:
 def _field(cfg: Any, key: str, default: Any = None) -> Any:
     """cfg.key for a dict or DictConfig; a mandatory `???` reads as None."""
     try:
-        from omegaconf import DictConfig, OmegaConf
-
         if isinstance(cfg, DictConfig):
             if key not in cfg or OmegaConf.is_missing(cfg, key):
                 return default

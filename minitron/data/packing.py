@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDatasetDict, List, Value
+from datasets.fingerprint import Hasher
 
 from minitron.data.corpus import SPLITS, Corpus, _int_field, _unit, load_corpus
 from minitron.errors import MinitronError
@@ -63,8 +64,6 @@ def tokenizer_digest(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         return hashlib.sha256(backend.to_str().encode()).hexdigest()
-    from datasets.fingerprint import Hasher
-
     return Hasher.hash(tokenizer)
 
 

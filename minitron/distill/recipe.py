@@ -8,52 +8,42 @@ and reused when the run is resumed.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from minitron.commands._run import load_checkpoint, packed_data, teacher_path
+from minitron.checkpoint import checkpoint_folder, load_checkpoint
 from minitron.config import compose, to_plain
+from minitron.data.calibration import cache_root, packed_data
 from minitron.distill.trainer import DistillResult, check_same_tokenizer, distill, loss_spec
 from minitron.errors import MinitronError
-
-
-def train_settings(cfg: DictConfig) -> DictConfig:
-    """`cfg.train` with `deepspeed` taken from the deepspeed group when one is selected."""
-    ds = cfg.get("deepspeed")
-    train = OmegaConf.create(to_plain(cfg.train))
-    if ds:
-        train.deepspeed = to_plain(ds)
-    return train
+from minitron.train.pretrain import pretrain, teacher_path
+from minitron.train.settings import TrainSettings
 
 
 def student_path(cfg: DictConfig) -> Path:
     given = cfg.get("student")
     if not given:
         raise MinitronError("student= is required: pass a checkpoint folder, for example the output of `minitron prune`")
-    path = Path(str(given)).expanduser()
-    if not (path / "config.json").is_file():
-        raise MinitronError(f"student={given} is not a checkpoint folder (no config.json); pass a folder written by save_pretrained")
-    return path
+    return checkpoint_folder(given, "student")
 
 
 def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
     """Fine-tune the teacher on `cfg.data` (the distillation data) and return the corrected checkpoint."""
-    from minitron.train.pretrain import pretrain
-
     tc = cfg.teacher_correction
     if tc.steps < 0:
         raise MinitronError(f"teacher_correction.steps must be >= 0, got {tc.steps}")
-    lr = float(tc.lr) if tc.lr is not None else float(cfg.train.lr) / 5
-    base = compose("pretrain", [f"cache_dir='{Path(str(cfg.cache_dir)).expanduser()}'", f"seed={cfg.seed}"])
-    train = to_plain(train_settings(cfg))
-    train.update(max_steps=int(tc.steps), lr=lr, save_steps=0)
+    train = TrainSettings.from_config(cfg)
+    lr = float(tc.lr) if tc.lr is not None else train.lr / 5
+    train = dataclasses.replace(train, max_steps=int(tc.steps), lr=lr, save_steps=0)
+    base = compose("pretrain", [f"cache_dir='{cache_root(cfg.cache_dir)}'", f"seed={cfg.seed}"])
     correction = OmegaConf.merge(
         base,
         {
             "model": {"path": str(teacher), "name": "teacher_corrected", "arch": {"max_position_embeddings": None}},
             "data": to_plain(cfg.data),
-            "train": train,
+            "train": train.mapping,
             "out": str(run_dir / "teacher_corrected"),
             "cache": True,
             "overwrite": True,
@@ -66,6 +56,7 @@ def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
 def run_distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
     student_dir = student_path(cfg)
     spec = loss_spec(cfg.distill)
+    train = TrainSettings.from_config(cfg)
     teacher_dir = teacher_path(cfg, run_dir)
     if cfg.teacher_correction.steps:
         teacher_dir = correct_teacher(cfg, teacher_dir, run_dir)
@@ -77,10 +68,10 @@ def run_distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
             f"teacher vocab_size={teacher.config.vocab_size} differs from the student's {student.config.vocab_size}; "
             "the logits must line up token for token"
         )
-    splits = packed_data(cfg, student_tok)
-    print(f"distilling {student_dir} ({sum(p.numel() for p in student.parameters()):,} parameters) from {teacher_dir}")
+    splits = packed_data(cfg.data, cfg.cache_dir, student_tok)
+    print(f"distilling {student_dir} ({student.num_parameters():,} parameters) from {teacher_dir}")
     return distill(
         teacher, student, splits["train"], splits["validation"], run_dir,
-        train=train_settings(cfg), loss=spec, seq_len=int(cfg.data.seq_len), seed=int(cfg.seed),
+        train=train, loss=spec, seq_len=int(cfg.data.seq_len), seed=int(cfg.seed),
         out=cfg.get("out"), tokenizer=student_tok, resume=bool(cfg.resume),
     )

@@ -14,13 +14,14 @@ exist only as shards outside their module's forward).
 from __future__ import annotations
 
 import copy
-import os
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
@@ -35,8 +36,11 @@ from minitron.distill.losses import (
     logit_loss,
     shift_labels,
 )
+from minitron.config import to_plain
 from minitron.errors import MinitronError
 from minitron.io import write_json
+from minitron.train.settings import TrainSettings
+from minitron.train.trainer import build_trainer, lm_loss, plot_curves, resume_point, save_final, training_arguments
 
 PROJECTION = "distill_projection"  # the learned state projection rides on the student under this name while training
 
@@ -148,7 +152,7 @@ def _zero_stage(args: TrainingArguments) -> int:
 
 def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
     """The teacher as a DeepSpeed engine without an optimizer: partitioned by ZeRO-3 like the student."""
-    import deepspeed
+    import deepspeed  # only under ZeRO-3: importing it takes seconds and probes for accelerators
 
     config = copy.deepcopy(args.hf_deepspeed_config.config)
     for key in ("optimizer", "scheduler"):
@@ -192,18 +196,16 @@ def distill(
 ) -> DistillResult:
     """Distill `student` from the frozen `teacher` on packed blocks; save the student to `out` (default run_dir/student).
 
-    `train` is a `configs/train/*.yaml` mapping (its `deepspeed` entry may be a DeepSpeed config mapping or
-    path). With `resume`, a run folder that holds checkpoints continues from the last complete one (weights,
+    `train` is a `TrainSettings` or a `configs/train/*.yaml` mapping (its `deepspeed` entry may be a DeepSpeed
+    config mapping or path). With `resume`, a run folder that holds checkpoints continues from the last complete one (weights,
     optimizer, scheduler, data position and RNG; see `minitron.train.trainer.resume_point`). Writes metrics.jsonl,
     metrics.json and loss.png into `run_dir`.
     `callbacks` (transformers `TrainerCallback`s) are added to the trainer, e.g. to record a validation curve.
     """
-    from minitron.train.trainer import build_trainer, lm_loss, plot_curves, resume_point, save_final, training_arguments
-
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "student"
     ckpt_dir = run_dir / "checkpoints"
-    os.environ.setdefault("WANDB_DIR", str(run_dir))  # logger=wandb: offline files in the run folder
+    train = TrainSettings.of(train)
     args = training_arguments(train, ckpt_dir, seed=seed)
     sharded = _zero_stage(args) == 3
 
@@ -236,9 +238,8 @@ def distill(
     trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - start
 
-    eval_batches = train.get("eval_batches") if hasattr(train, "get") else None
-    val = lm_loss(trainer.model, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
-    teacher_val = lm_loss(teacher, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=eval_batches)
+    val = lm_loss(trainer.model, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=train.eval_batches)
+    teacher_val = lm_loss(teacher, eval_dataset, batch_size=args.per_device_eval_batch_size, max_batches=train.eval_batches)
     tokens = trainer.tokens_seen
     result = DistillResult(str(out), val, teacher_val, tokens, trainer.state.global_step, seconds)
     save_final(trainer, out, tokenizer, "minitron_distill.json", asdict(result), before_rename=_drop_projection)
@@ -253,8 +254,6 @@ def distill(
 
 def _drop_projection(folder: Path) -> None:
     """The learned state projection is a training aid, not part of the student: remove it from the weights."""
-    from safetensors.torch import load_file, save_file
-
     for f in folder.glob("*.safetensors"):
         tensors = load_file(str(f))
         kept = {k: v for k, v in tensors.items() if not k.startswith(PROJECTION + ".")}
@@ -262,8 +261,6 @@ def _drop_projection(folder: Path) -> None:
             save_file(kept, str(f), metadata={"format": "pt"})
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        import json
-
         data = json.loads(index.read_text())
         data["weight_map"] = {k: v for k, v in data["weight_map"].items() if not k.startswith(PROJECTION + ".")}
         index.write_text(json.dumps(data, indent=2))
@@ -271,8 +268,6 @@ def _drop_projection(folder: Path) -> None:
 
 def loss_spec(cfg: Any) -> DistillLossSpec:
     """A `DistillLossSpec` from a `configs/distill/*.yaml` mapping."""
-    from minitron.config import to_plain
-
     d = to_plain(cfg)
     logits = LogitLossSpec(**d["loss"])
     inter = d.get("intermediate") or {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import contextlib
 import json
 import logging
@@ -16,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from minitron.config import compose
 from minitron.errors import MinitronError
 from minitron.evaluate.results import flatten, markdown_table
 from minitron.evaluate.suite import Suite, check_known, load_suite, task_manager
+from minitron.evaluate.tiny_data import prepare_tiny_tasks
 from minitron.io import write_text
 
 # The parts of lm-eval's answer worth keeping (the rest repeats the arguments or holds per-sample logs).
@@ -29,11 +33,7 @@ def include_paths(suite: Suite, data_cfg: Any = None, cache_dir: str | Path | No
     """The folders lm-eval indexes for `suite`; the tiny suite's is generated (once) from the data's held-out split."""
     paths = list(suite.include_paths)
     if suite.generate is not None:
-        from minitron.evaluate.tiny_data import prepare_tiny_tasks
-
         if data_cfg is None or cache_dir is None:
-            from minitron.config import compose
-
             base = compose("eval")
             data_cfg = base.data if data_cfg is None else data_cfg
             cache_dir = base.cache_dir if cache_dir is None else cache_dir
@@ -85,6 +85,7 @@ def evaluate(
     the usual cache). With a `run_dir`, results.json (lm-eval's results and the flat metrics) and results.md
     (a markdown table) are written into it atomically.
     """
+    # lm-eval is imported here, not at the top: it takes seconds to load and the pipeline imports this module
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -154,14 +155,12 @@ def _load_tasks(suite: Suite, manager) -> list:
 
 
 def _lm_eval_version() -> str:
-    from importlib.metadata import version
-
     return version("lm_eval")
 
 
 def _write(run_dir: Path, suite: Suite, results: dict, metrics: dict[str, float], rows: list[dict], paths: list[Path],
            model_name: str, limit, batch_size: int, seconds: float) -> None:
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable  # lm-eval is loaded by now (see evaluate)
 
     record = {
         "suite": suite.name,

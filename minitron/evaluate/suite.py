@@ -104,7 +104,7 @@ def _include_path(name: str) -> Path:
 
 def task_manager(include_paths: list[Path], include_defaults: bool):
     """lm-eval's task index over our folders (and its built-in tasks when asked for)."""
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # seconds to import: only when a suite is evaluated
 
     return TaskManager(include_path=[str(p) for p in include_paths] or None, include_defaults=include_defaults)
 

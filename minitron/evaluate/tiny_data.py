@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from minitron.data import load_corpus
 from minitron.config import stable_hash, to_plain
 from minitron.errors import MinitronError
 from minitron.io import atomic_path
@@ -239,8 +240,6 @@ def held_out_documents(corpus, settings: GenerateSettings) -> list[str]:
 
 def prepare_tiny_tasks(data_cfg: Any, generate_cfg: Mapping[str, Any], cache_dir: str | Path) -> TinyTasks:
     """Generate (once; cached) the tiny suite's data and task yaml files from `data_cfg`'s held-out split."""
-    from minitron.data import load_corpus
-
     settings = GenerateSettings.from_cfg(generate_cfg)
     corpus = load_corpus(data_cfg)
     key = stable_hash(corpus.key, settings.__dict__, _templates_digest(), FORMAT_VERSION, length=16)

@@ -3,6 +3,7 @@ layers), in memory (`estimate`) or one layer at a time from a checkpoint (`estim
 paper compares them with (`weight_magnitude`, `random_scores`).
 
     imp = estimate(model, batches)                 # defaults: batch l2, sequence mean, mlp_site post, depth bi+loss
+    imp = score_checkpoint(path, data_cfg, cache_dir, Calibration(64, 256, 8), seed=0)   # load, pack, draw, score
     imp.save("importance.safetensors")
     Importance.load("importance.safetensors").check_model(model.config)   # before pruning with it
 
@@ -11,11 +12,12 @@ PNG views of a result are in `minitron.importance.plots` (kept out of this impor
 
 from minitron.importance.aggregate import AGGREGATORS
 from minitron.importance.baselines import random_scores, weight_magnitude
+from minitron.importance.calibrate import SCORES_FILE, score_checkpoint, score_model
 from minitron.importance.estimate import estimate
 from minitron.importance.scores import Importance, config_hash
 from minitron.importance.streaming import StreamingStats, estimate_streaming
 
 __all__ = [
-    "AGGREGATORS", "Importance", "StreamingStats", "config_hash", "estimate", "estimate_streaming", "random_scores",
-    "weight_magnitude",
+    "AGGREGATORS", "SCORES_FILE", "Importance", "StreamingStats", "config_hash", "estimate", "estimate_streaming",
+    "random_scores", "score_checkpoint", "score_model", "weight_magnitude",
 ]

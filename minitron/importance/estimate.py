@@ -109,7 +109,7 @@ def prepare_batch(raw: BatchLike, device: torch.device) -> Batch | None:
     return Batch(input_ids, mask, tokens, target_mask, num_targets)
 
 
-class Corpus:
+class CalibrationTally:
     """Counts the calibration samples and tokens and fingerprints their unmasked token ids (independent of
     how the samples are batched and padded)."""
 
@@ -288,14 +288,14 @@ class SkipLoss:
 def build_importance(
     scores: dict[str, Tensor | None],
     skip_loss: SkipLoss | None,
-    corpus: Corpus,
+    tally: CalibrationTally,
     config: Any,
     *,
     batch_agg: str,
     seq_agg: str,
     mlp_site: str,
 ) -> Importance:
-    if corpus.samples == 0:
+    if tally.samples == 0:
         raise MinitronError("no calibration tokens: every batch was empty or fully masked")
     return Importance(
         **scores,
@@ -303,11 +303,11 @@ def build_importance(
         batch_agg=batch_agg,
         seq_agg=seq_agg,
         mlp_site=mlp_site,
-        num_samples=corpus.samples,
-        num_tokens=corpus.tokens,
-        seq_len=corpus.seq_len,
+        num_samples=tally.samples,
+        num_tokens=tally.tokens,
+        seq_len=tally.seq_len,
         config_hash=config_hash(config),
-        corpus_fingerprint=corpus.fingerprint(),
+        corpus_fingerprint=tally.fingerprint(),
     )
 
 
@@ -343,7 +343,7 @@ def estimate(
         keep_layer_inputs="loss" in depth,
     )
     skip_loss = SkipLoss(adapter.num_layers) if "loss" in depth else None
-    corpus = Corpus()
+    tally = CalibrationTally()
     was_training = model.training
     model.eval()
     try:
@@ -352,7 +352,7 @@ def estimate(
                 batch = prepare_batch(raw, device)
                 if batch is None:
                     continue
-                corpus.add(batch)
+                tally.add(batch)
                 collector.tokens = batch.tokens
                 decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
                 if skip_loss is not None:
@@ -361,9 +361,9 @@ def estimate(
                     collector.layer_inputs.clear()
     finally:
         model.train(was_training)
-    scores = collector.scores() if corpus.samples else {}
+    scores = collector.scores() if tally.samples else {}
     return build_importance(
-        scores, skip_loss, corpus, model.config, batch_agg=batch_agg, seq_agg=seq_agg, mlp_site=mlp_site
+        scores, skip_loss, tally, model.config, batch_agg=batch_agg, seq_agg=seq_agg, mlp_site=mlp_site
     )
 
 

@@ -41,7 +41,7 @@ from minitron.errors import MinitronError
 from minitron.importance.estimate import (
     Batch,
     BatchLike,
-    Corpus,
+    CalibrationTally,
     ScoreCollector,
     SkipLoss,
     build_importance,
@@ -277,9 +277,9 @@ in float32 either way). `stats`, when given, is filled with the peak memory and 
         dtype,
     )
     prepared = [b for b in (prepare_batch(raw, device) for raw in batches) if b is not None]
-    corpus = Corpus()
+    tally = CalibrationTally()
     for batch in prepared:
-        corpus.add(batch)
+        tally.add(batch)
     if not prepared:
         raise MinitronError("no calibration tokens: every batch was empty or fully masked")
 
@@ -303,7 +303,7 @@ in float32 either way). `stats`, when given, is filled with the peak memory and 
     return build_importance(
         streamer.collector.scores(),
         skip_loss,
-        corpus,
+        tally,
         streamer.config,
         batch_agg=batch_agg,
         seq_agg=seq_agg,

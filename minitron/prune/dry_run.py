@@ -9,6 +9,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
+from minitron.checkpoint import checkpoint_folder, load_config
 from minitron.config import to_plain
 from minitron.errors import MinitronError, first_line
 from minitron.models import get_adapter
@@ -31,6 +32,13 @@ def config_from_arch(arch: DictConfig | dict[str, Any], *, vocab_size: int | Non
         first = first_line(e)
         raise MinitronError(f"model.arch._target_={target} is not an importable config class ({first})") from None
     return cls(**values)
+
+
+def source_config(teacher: Any, arch: Any, *, vocab_size: int | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config of the model to prune: the `teacher` checkpoint's when given, else built from `arch` (no weights)."""
+    if teacher:
+        return load_config(checkpoint_folder(teacher, "teacher"), trust_remote_code=trust_remote_code)
+    return config_from_arch(arch, vocab_size=vocab_size)
 
 
 def meta_parameters(config: PretrainedConfig) -> int:

@@ -1,5 +1,5 @@
-"""Write a pruned checkpoint: from an in-memory model (`save_checkpoint`), or straight from a teacher checkpoint on
-disk one tensor at a time (`prune_checkpoint_streaming`) for models larger than memory.
+"""Write a pruned checkpoint: from an in-memory model (`minitron.checkpoint.save_checkpoint`), or straight from a
+teacher checkpoint on disk one tensor at a time (`prune_checkpoint_streaming`) for models larger than memory.
 
 Both write safetensors shards (one `model.safetensors`, or `model-0000i-of-0000n.safetensors` plus
 `model.safetensors.index.json` above `max_shard_size`), `config.json`, `generation_config.json` and the
@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
-from transformers import AutoConfig, GenerationConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel
 
+from minitron.checkpoint import output_folder, parse_size
 from minitron.errors import MinitronError
-from minitron.io import atomic_path
 from minitron.prune.plan import PrunePlan, make_plan
 
 if TYPE_CHECKING:
@@ -28,45 +26,6 @@ if TYPE_CHECKING:
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-
-
-def parse_size(size: int | str) -> int:
-    """Bytes from an int or a string like '5GB', '500MB', '10KiB'."""
-    if isinstance(size, int):
-        return size
-    text = str(size).strip().upper()
-    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            try:
-                return int(float(text[: -len(unit)]) * factor)
-            except ValueError:
-                break
-    raise MinitronError(f"max_shard_size={size!r} is not a size; write e.g. 5GB or 500MB")
-
-
-@contextmanager
-def output_folder(out: str | os.PathLike, *, overwrite: bool) -> Iterator[Path]:
-    """A temporary folder that replaces `out` on success; refuses a non-empty `out` unless `overwrite`."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MinitronError(f"out={out} is a file; give a folder for the pruned checkpoint")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise MinitronError(f"out={out} is not empty; pass overwrite=true or choose another folder")
-    with atomic_path(out) as tmp:
-        tmp.mkdir(parents=True)
-        yield tmp
-
-
-def save_checkpoint(
-    model: PreTrainedModel, tokenizer: Any, out: str | os.PathLike, *, max_shard_size: int | str = "5GB", overwrite: bool = False
-) -> Path:
-    """`save_pretrained` of `model` (safetensors, sharded above `max_shard_size`) and `tokenizer`, atomically."""
-    with output_folder(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, max_shard_size=parse_size(max_shard_size))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-    return Path(out)
 
 
 def load_key_mapping(cls: type[PreTrainedModel], checkpoint_prefix: str = "model") -> dict[str, str] | None:
@@ -218,8 +177,6 @@ def _copy_generation_config(teacher: Path, out: Path) -> None:
 
 def _copy_tokenizer(teacher: Path, out: Path) -> None:
     """The teacher's tokenizer, re-saved (so the files match what `save_pretrained` of the tokenizer writes)."""
-    from transformers import AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(teacher))
     except (OSError, ValueError):

@@ -43,11 +43,6 @@ def expand(index: Tensor, unit: int) -> Tensor:
     return (index[:, None] * unit + torch.arange(unit)).reshape(-1)
 
 
-def check_scores(importance: Importance, config: PretrainedConfig) -> None:
-    """Fail with one line unless `importance` was computed for a model of this config."""
-    importance.check_model(config)
-
-
 @dataclass
 class PrunePlan:
     """Kept indices per axis (source numbering) and the pruned config."""
@@ -197,7 +192,7 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
     a = get_adapter(config)
     shape = target.shape(config)
     if importance is not None:
-        check_scores(importance, config)
+        importance.check_model(config)
     keep_layers = target.keep_layers(config, importance)
     width = {
         "hidden_size": shape.hidden_size != a.hidden_size,

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
 
@@ -31,6 +32,12 @@ SIZE_FIELDS: tuple[str, ...] = (
 )
 DEPTH_METRICS: tuple[str, ...] = ("bi", "loss", "contiguous")
 _DEPTH_SCORES = {"bi": "layers", "loss": "layers_loss"}
+
+
+def depth_scores_for(depth_metric: str) -> tuple[str, ...]:
+    """The depth scores `importance.estimate` must compute for `depth_metric` (Block Importance always: it is
+    cheap and plotted)."""
+    return ("bi", "loss") if depth_metric == "loss" else ("bi",)
 
 
 @dataclass(frozen=True)
@@ -237,8 +244,6 @@ class Target:
             start = min(range(len(sums)), key=lambda s: (sums[s], -s))
             dropped = set(range(start, start + drop))
         else:
-            import torch
-
             order = torch.argsort(scores, stable=True)
             dropped = {int(i) for i in order[:drop]}
         return [i for i in range(total) if i not in dropped]

@@ -16,15 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import WandbCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from minitron.config import to_plain
 from minitron.errors import MinitronError
-from minitron.io import write_json, write_text
+from minitron.io import atomic_path, write_json, write_text
+from minitron.train.settings import TrainSettings
 
 LossFn = Callable[[PreTrainedModel, dict[str, torch.Tensor]], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -125,17 +127,31 @@ class TokenProgressCallback(TrainerCallback):
             self.bar = None
 
 
-class FinishWandbRun(TrainerCallback):
-    """Close the wandb run when training ends. transformers' WandbCallback leaves it open, so the next Trainer in
-    the same process (the pipeline's stages, search candidates, ablation cells) would log into the first run."""
+class WandbRun(WandbCallback):
+    """transformers' wandb logging with the run's files in `folder`, offline unless WANDB_MODE says otherwise.
+
+    The run is opened here (transformers' callback then finds it) and closed when training ends: transformers
+    leaves it open, so the next Trainer in the same process (the pipeline's stages, search candidates, ablation
+    cells) would log into the first run.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def setup(self, args, state, model, **kwargs):
+        if state.is_world_process_zero and self._wandb.run is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._wandb.init(dir=str(self.folder), project=os.environ.get("WANDB_PROJECT") or "minitron",
+                             mode=None if os.environ.get("WANDB_MODE") else "offline")
+        super().setup(args, state, model, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if "wandb" in (args.report_to or []) and state.is_world_process_zero:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.finish()
-            wandb.teardown()  # the next run re-reads WANDB_DIR (wandb keeps its settings until torn down)
+        super().on_train_end(args, state, control, **kwargs)
+        if state.is_world_process_zero:
+            if self._wandb.run is not None:
+                self._wandb.finish()
+            self._wandb.teardown()  # wandb keeps its session settings (the folder among them) until torn down
 
 
 class MetricsFileCallback(TrainerCallback):
@@ -153,51 +169,37 @@ class MetricsFileCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-def training_arguments(train: Any, output_dir: Path, *, seed: int) -> TrainingArguments:
-    """TrainingArguments from a `train` config group (see configs/train/*.yaml)."""
-    t = to_plain(train)
-    if t["lr"] <= 0:
-        raise MinitronError(f"train.lr must be positive, got {t['lr']}")
-    if not 0 <= t["min_lr_ratio"] <= 1:
-        raise MinitronError(f"train.min_lr_ratio must be in [0, 1], got {t['min_lr_ratio']}")
-    if t["max_steps"] <= 0:
-        raise MinitronError(f"train.max_steps must be a positive number of optimizer steps, got {t['max_steps']}")
-    if t["batch_size"] <= 0 or t["gradient_accumulation_steps"] <= 0:
-        raise MinitronError("train.batch_size and train.gradient_accumulation_steps must be positive")
+def training_arguments(train: TrainSettings | Any, output_dir: Path, *, seed: int) -> TrainingArguments:
+    """TrainingArguments from `TrainSettings` (or a `configs/train/*.yaml` mapping)."""
+    t = TrainSettings.of(train)
     cuda = torch.cuda.is_available()
-    bf16 = t["bf16"] if isinstance(t["bf16"], bool) else cuda and torch.cuda.is_bf16_supported()
-    report = {"none": [], "wandb": ["wandb"], "tensorboard": ["tensorboard"]}.get(t["logger"])
-    if report is None:
-        raise MinitronError(f"train.logger must be none, wandb or tensorboard, got '{t['logger']}'")
-    if t["logger"] == "wandb":  # offline unless the user asked otherwise; its files go into the run folder
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_PROJECT", "minitron")
-        os.environ["WANDB_DIR"] = str(Path(output_dir).parent)
+    bf16 = t.bf16 if isinstance(t.bf16, bool) else cuda and torch.cuda.is_bf16_supported()
+    report = {"none": [], "wandb": ["wandb"], "tensorboard": ["tensorboard"]}[t.logger]
     return TrainingArguments(
         output_dir=str(output_dir),
-        max_steps=t["max_steps"],
-        per_device_train_batch_size=t["batch_size"],
-        per_device_eval_batch_size=t["batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"],
-        learning_rate=t["lr"],
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.lr,
         lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": t["min_lr_ratio"]},
-        warmup_steps=t["warmup_steps"],
-        weight_decay=t["weight_decay"],
-        adam_beta1=t["adam_beta1"],
-        adam_beta2=t["adam_beta2"],
-        max_grad_norm=t["max_grad_norm"],
-        logging_steps=t["logging_steps"],
-        save_strategy="steps" if t["save_steps"] else "no",
-        save_steps=t["save_steps"] or 500,
-        save_total_limit=t["save_total_limit"],
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio},
+        warmup_steps=t.warmup_steps,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=t.save_total_limit,
         eval_strategy="no",
         bf16=bf16,
-        activation_checkpointing=t["gradient_checkpointing"],
-        deepspeed=t["deepspeed"],
+        activation_checkpointing=t.gradient_checkpointing,
+        deepspeed=t.deepspeed,
         report_to=report,
         disable_tqdm=True,
-        dataloader_num_workers=t["dataloader_num_workers"],
+        dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
         use_cpu=not cuda,
         seed=seed,
@@ -222,12 +224,14 @@ def build_trainer(
         train_dataset=train_dataset,
         data_collator=collate,
         loss_fn=loss_fn,
-        callbacks=[TokenProgressCallback(tokens_per_step, desc), MetricsFileCallback(metrics_path, tokens_per_step),
-                   FinishWandbRun()],
+        callbacks=[TokenProgressCallback(tokens_per_step, desc), MetricsFileCallback(metrics_path, tokens_per_step)],
     )
     trainer.tokens_per_step = tokens_per_step
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    if "wandb" in (args.report_to or []):  # logger=wandb: its files go into the run folder (output_dir's parent)
+        trainer.remove_callback(WandbCallback)
+        trainer.add_callback(WandbRun(Path(args.output_dir).parent))
     return trainer
 
 
@@ -370,10 +374,8 @@ def unigram_loss(train_dataset, eval_dataset, vocab_size: int) -> float:
 
 def plot_curves(metrics_path: Path, png: Path, *, title: str) -> None:
     """Training (and evaluation) loss against tokens seen."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
 
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -387,8 +389,6 @@ def plot_curves(metrics_path: Path, png: Path, *, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    from minitron.io import atomic_path
-
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)

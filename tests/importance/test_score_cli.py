@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from minitron.cli import main
-from minitron.commands.score import SCORES_FILE, run
+from minitron.commands.score import run
+from minitron.importance import SCORES_FILE
 from minitron.config import compose
 from minitron.data import train_tokenizer
 from minitron.errors import MinitronError
@@ -76,8 +77,7 @@ def test_run_scores_the_same_blocks_as_estimate(setup, tmp_path):
     """In memory and streaming give the library's scores on the seeded calibration draw."""
     from transformers import AutoTokenizer
 
-    from minitron.commands._run import packed_data
-    from minitron.commands._run import calibration_batches
+    from minitron.data.calibration import calibration_batches, packed_data
 
     _, ckpt, overrides = setup
     cfg = compose("score", overrides + ["depth=[bi]"])
@@ -86,7 +86,7 @@ def test_run_scores_the_same_blocks_as_estimate(setup, tmp_path):
     got, got_streamed = Importance.load(result.path), Importance.load(streamed.path)
     assert got.layers_loss is None and got.layers is not None
 
-    blocks = packed_data(cfg, AutoTokenizer.from_pretrained(ckpt), seq_len=32)["train"]
+    blocks = packed_data(cfg.data, cfg.cache_dir, AutoTokenizer.from_pretrained(ckpt), seq_len=32)["train"]
     batches = calibration_batches(blocks, 6, 4, seed=0)
     model = type(tiny_model("nemotron")).from_pretrained(ckpt)
     want = estimate(model, batches, depth=("bi",), progress=False)

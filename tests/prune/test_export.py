@@ -19,7 +19,8 @@ from transformers import (
 from minitron.errors import MinitronError
 from minitron.models.tiny import tiny_model
 from minitron.prune import prune
-from minitron.prune.export import load_key_mapping, parse_size, prune_checkpoint_streaming, save_checkpoint
+from minitron.checkpoint import parse_size, save_checkpoint
+from minitron.prune.export import load_key_mapping, prune_checkpoint_streaming
 
 TARGET = {"hidden_size": 24, "intermediate_size": 0.5, "num_attention_heads": 2, "num_hidden_layers": 1}
 

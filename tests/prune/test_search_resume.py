@@ -22,7 +22,8 @@ from prune_helpers import DATA
 
 from minitron.commands.search import run
 from minitron.config import compose
-from minitron.prune.search import Candidate, append_zero_shot, read_zero_shot
+from minitron.prune.search import Candidate
+from minitron.workflows.search import append_zero_shot, read_zero_shot
 
 BIN = Path(sys.executable).parent
 RETRAIN = ["search.retrain_steps=4", "search.top_k=2", "train.batch_size=2", "train.eval_batches=2",

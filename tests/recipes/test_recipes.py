@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from minitron.config import compose, config_dir
-from minitron.pipeline import format_plan, plan
+from minitron.workflows.pipeline import format_plan, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))

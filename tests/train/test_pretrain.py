@@ -118,7 +118,9 @@ def test_unigram_loss_matches_the_entropy_of_a_known_distribution():
 
 
 def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, tmp_path):
-    from minitron.commands._run import calibration_batches, load_checkpoint, packed_data, teacher_path
+    from minitron.checkpoint import load_checkpoint
+    from minitron.data.calibration import calibration_batches, packed_data
+    from minitron.train.pretrain import teacher_path
 
     cfg, result, _ = pretrained
     cfg = compose("pretrain", SMALL + [f"cache_dir={cfg.cache_dir}"])
@@ -127,7 +129,7 @@ def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, 
     assert teacher_path(with_teacher, tmp_path) == Path(result.path)
     model, tokenizer = load_checkpoint(result.path)
     assert type(model).__name__ == "NemotronForCausalLM" and not model.training
-    data = packed_data(cfg, tokenizer)
+    data = packed_data(cfg.data, cfg.cache_dir, tokenizer)
     batches = calibration_batches(data["train"], 10, 4, seed=3)
     assert [tuple(b["input_ids"].shape) for b in batches] == [(4, 64), (4, 64), (2, 64)]
     assert all("attention_mask" not in b or not bool(b["attention_mask"].all()) for b in batches)
@@ -143,17 +145,24 @@ def test_stage_helpers_load_the_teacher_and_cut_calibration_batches(pretrained, 
 
 
 def test_wandb_logs_offline_into_the_run_folder(tmp_path, monkeypatch):
-    from minitron.train.trainer import training_arguments
+    import os
+
+    from datasets import Dataset
+
+    from minitron.models.tiny import tiny_model
+    from minitron.train.trainer import WandbRun, build_trainer, training_arguments
 
     for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"):  # recorded, so that teardown restores them
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
     train = compose("pretrain", ["train.logger=wandb"]).train
     args = training_arguments(train, tmp_path / "run" / "checkpoints", seed=0)
-    import os
-
     assert args.report_to == ["wandb"]
-    assert os.environ["WANDB_MODE"] == "offline" and os.environ["WANDB_DIR"] == str(tmp_path / "run")
+    blocks = Dataset.from_dict({"input_ids": [[1] * 8], "attention_mask": [[1] * 8]})
+    trainer = build_trainer(tiny_model("llama", 0, vocab_size=16), args, blocks, seq_len=8, metrics_path=tmp_path / "m.jsonl")
+    attached = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, WandbRun)]
+    assert [cb.folder for cb in attached] == [tmp_path / "run"]
+    assert not any(var in os.environ for var in ("WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT"))  # the library sets none
     with pytest.raises(MinitronError, match="train.logger"):
         training_arguments(compose("pretrain", ["train.logger=mlflow"]).train, tmp_path, seed=0)
 

@@ -1,9 +1,9 @@
 """Distillation benchmarks, measured side by side in one run on this machine.
 
-    python -m minitron.distill.benchmark                  # everything at the sizes of the README table
-    python -m minitron.distill.benchmark --only step      # (a) only
-    python -m minitron.distill.benchmark --vocab 32000 --tokens 512 --hidden 256   # a quick (b)/(c)
-    python -m minitron.distill.benchmark --json distill.json   # also write every figure and setting as JSON
+    python benchmarks/distill_loss.py                  # everything at the sizes of the README table
+    python benchmarks/distill_loss.py --only step      # (a) only
+    python benchmarks/distill_loss.py --vocab 32000 --tokens 512 --hidden 256   # a quick (b)/(c)
+    python benchmarks/distill_loss.py --json distill.json   # also write every figure and setting as JSON
 
 (a) step: one distillation optimizer step (student forward + backward with the chunked forward-KL loss, teacher
     forward under no_grad) against the sum of a plain cross-entropy step of the student and a no_grad forward of
@@ -185,7 +185,7 @@ def _vocab_child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int, re
 def vocab_loss(vocab: int, tokens: int, hidden: int, chunk: int, repeats: int, device: str, kinds: list[str]) -> dict:
     results = {}
     for kind in kinds:
-        cmd = [sys.executable, "-m", "minitron.distill.benchmark", "--child", kind, "--vocab", str(vocab), "--tokens",
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--vocab", str(vocab), "--tokens",
                str(tokens), "--hidden", str(hidden), "--chunk", str(chunk), "--repeats", str(repeats), "--device", device]
         # a fixed mmap threshold makes glibc hand large freed blocks back at once, so RSS tracks live tensors
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}

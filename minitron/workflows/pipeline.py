@@ -8,8 +8,8 @@ scores and the target into `prune.prune`, the pruned checkpoint into `distill`, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -17,18 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from transformers import AutoConfig
 
-from minitron.commands._run import calibration_batches, load_checkpoint, packed_data, teacher_path
+from minitron.checkpoint import load_checkpoint, save_checkpoint
 from minitron.config import to_plain
+from minitron.data.calibration import Calibration, packed_data
+from minitron.distill.recipe import correct_teacher
+from minitron.distill.trainer import distill as distill_student
+from minitron.distill.trainer import loss_spec
+from minitron.evaluate import evaluate as lm_eval_suite
+from minitron.importance import SCORES_FILE, Importance, score_model
+from minitron.importance.plots import plot_importance
 from minitron.io import write_json, write_text
-from minitron.prune import save_checkpoint
+from minitron.prune import prune as prune_model
+from minitron.prune.dry_run import config_from_arch, dry_run
+from minitron.ranks import rank, world_size
+from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
+from minitron.train.settings import TrainSettings
+from minitron.train.trainer import lm_loss, plot_curves, save_final
 
 MODELS = ("teacher", "pruned", "distilled", "scratch")
-
-
-def _rank() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_rank: bool = False) -> dict[str, Any]:
@@ -38,22 +47,22 @@ def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_r
     (the run folder must be on a disk every node sees), except `every_rank` stages (the training ones), which
     every rank runs together and rank 0 records.
     """
-    rank, world = _rank()
+    me, world = rank(), world_size()
     record = run_dir / "stages" / f"{name}.json"
     if record.is_file():
-        if rank == 0:
+        if me == 0:
             print(f"[{name}] already done in this run folder; skipped")
         return json.loads(record.read_text())
-    if world > 1 and rank != 0 and not every_rank:
+    if world > 1 and me != 0 and not every_rank:
         while not record.is_file():
             time.sleep(2)
         return json.loads(record.read_text())
-    if rank == 0:
+    if me == 0:
         print(f"[{name}]")
     start = time.perf_counter()
     result = fn()
     result["seconds"] = round(time.perf_counter() - start, 2)
-    if rank == 0:
+    if me == 0:
         write_json(record, result)
     return result
 
@@ -61,11 +70,7 @@ def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_r
 def plan(cfg: DictConfig) -> dict[str, Any]:
     """What the pipeline would do, from the config alone (no weights, no data): shapes, exact parameter counts,
     the retraining schedule and its token budget. `minitron pipeline dry_run=true` prints it."""
-    from minitron.prune.dry_run import config_from_arch, dry_run
-
     if cfg.teacher:
-        from transformers import AutoConfig
-
         source = AutoConfig.from_pretrained(str(cfg.teacher))
     else:
         source = config_from_arch(cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size)
@@ -121,40 +126,34 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     def teacher() -> dict[str, Any]:
         path = teacher_path(cfg, run_dir)
-        summary = path / "minitron_pretrain.json"
+        summary = path / SUMMARY_FILE
         tokens = json.loads(summary.read_text())["tokens"] if summary.is_file() else None
         return {"path": str(path), "tokens": tokens}
 
     results["teacher"] = stage(run_dir, "teacher", teacher)
     teacher_dir = Path(results["teacher"]["path"])
     if cfg.teacher_correction.steps:
-        from minitron.distill.recipe import correct_teacher
-
         def correction() -> dict[str, Any]:
             return {"path": str(correct_teacher(cfg, teacher_dir, run_dir)), "steps": int(cfg.teacher_correction.steps)}
 
         teacher_dir = Path(stage(run_dir, "teacher_correction", correction)["path"])
     model, tokenizer = load_checkpoint(teacher_dir, dtype=cfg.dtype)
-    data = packed_data(cfg, tokenizer, seq_len=cfg.data.seq_len)
+    data = packed_data(cfg.data, cfg.cache_dir, tokenizer)
+    train = TrainSettings.from_config(cfg)
 
     def importance() -> dict[str, Any]:
-        from minitron.importance import estimate
-        from minitron.importance.plots import plot_importance
-
-        batches = calibration_batches(data["train"], cfg.calib.samples, cfg.calib.batch_size, cfg.seed)
-        scores = estimate(model, batches, batch_agg=cfg.importance.batch_agg, seq_agg=cfg.importance.seq_agg,
-                          mlp_site=cfg.importance.mlp_site, depth=tuple(cfg.importance.depth))
-        scores.save(run_dir / "importance.safetensors")
+        calib = Calibration.from_config(cfg.calib, cfg.data.seq_len)
+        scores = score_model(model, data["train"], calib, seed=cfg.seed, batch_agg=cfg.importance.batch_agg,
+                             seq_agg=cfg.importance.seq_agg, mlp_site=cfg.importance.mlp_site,
+                             depth=tuple(cfg.importance.depth))
+        scores.save(run_dir / SCORES_FILE)
         plots = plot_importance(scores, run_dir / "plots")
-        return {"path": str(run_dir / "importance.safetensors"), "samples": scores.num_samples,
+        return {"path": str(run_dir / SCORES_FILE), "samples": scores.num_samples,
                 "tokens": scores.num_tokens, "plots": [str(p) for p in plots]}
 
     results["importance"] = stage(run_dir, "importance", importance)
 
     def prune() -> dict[str, Any]:
-        from minitron.importance import Importance
-        from minitron.prune import prune as prune_model
-
         scores = Importance.load(results["importance"]["path"])
         pruned = prune_model(model, scores, to_plain(cfg.target))
         save_checkpoint(pruned, tokenizer, run_dir / "pruned", overwrite=True)
@@ -171,15 +170,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("pruned", results["prune"]["path"])
 
     def distill() -> dict[str, Any]:
-        from minitron.distill.recipe import train_settings
-        from minitron.distill.trainer import distill as distill_student
-        from minitron.distill.trainer import loss_spec
-
         student, _ = load_checkpoint(results["prune"]["path"], dtype=cfg.dtype)
         out = distill_student(model, student, data["train"], data["validation"], run_dir / "distill",
-                              train=train_settings(cfg), loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
+                              train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
                               out=run_dir / "distilled", tokenizer=tokenizer)
-        if _rank()[0] == 0:
+        if rank() == 0:
             _copy_plot(run_dir / "distill" / "loss.png", run_dir / "plots" / "distill_loss.png")
         return {"path": out.path, "tokens": out.tokens, "steps": out.steps, "train_seconds": out.seconds}
 
@@ -187,42 +182,34 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("distilled", results["distill"]["path"])
 
     def scratch() -> dict[str, Any]:
-        from minitron.train.trainer import build_trainer, plot_curves, resume_point, save_final, training_arguments
-
-        pruned_config = json.loads((Path(results["prune"]["path"]) / "config.json").read_text())
-        config = type(model.config).from_dict(pruned_config)
+        config = type(model.config).from_pretrained(results["prune"]["path"])
         torch.manual_seed(cfg.seed)
         fresh = type(model)._from_config(config, dtype=model.dtype)
         fresh.generation_config = model.generation_config
-        train_cfg = OmegaConf.merge(cfg.train, {"lr": cfg.baseline.lr, "deepspeed": None})
-        args = training_arguments(train_cfg, run_dir / "scratch" / "checkpoints", seed=cfg.seed)
-        metrics = run_dir / "scratch" / "metrics.jsonl"
-        last = resume_point(args, metrics, resume=True)  # a killed run continues from its last checkpoint
-        trainer = build_trainer(fresh, args, data["train"], seq_len=cfg.data.seq_len, metrics_path=metrics, desc="from scratch")
-        trainer.train(resume_from_checkpoint=last)
+        settings = dataclasses.replace(train, lr=float(cfg.baseline.lr), deepspeed=None)
+        # resume=True: a killed run continues from its last checkpoint
+        trainer = train_from_scratch(fresh, data["train"], settings, run_dir / "scratch", seq_len=cfg.data.seq_len,
+                                     seed=cfg.seed, resume=True)
         out = run_dir / "scratch" / "model"
-        save_final(trainer, out, tokenizer, "minitron_pretrain.json", {"tokens": trainer.tokens_seen, "steps": trainer.state.global_step})
-        if _rank()[0] == 0:
-            plot_curves(metrics, run_dir / "plots" / "scratch_loss.png", title="from scratch")
+        save_final(trainer, out, tokenizer, SUMMARY_FILE, {"tokens": trainer.tokens_seen, "steps": trainer.state.global_step})
+        if rank() == 0:
+            plot_curves(run_dir / "scratch" / "metrics.jsonl", run_dir / "plots" / "scratch_loss.png", title="from scratch")
         return {"path": str(out), "tokens": trainer.tokens_seen}
 
     if cfg.baseline.enabled:
         results["scratch"] = stage(run_dir, "scratch", scratch, every_rank=True)
         evaluate("scratch", results["scratch"]["path"])
 
-    if _rank()[0] != 0:
+    if rank() != 0:
         return {"report": str(run_dir / "report.md"), "stages": results, "eval": evaluated}
     report = write_report(cfg, run_dir, results, evaluated)
     return {"report": str(report), "stages": results, "eval": evaluated}
 
 
 def _evaluate(cfg: DictConfig, name: str, path: str, data, out: Path) -> dict[str, Any]:
-    from minitron.evaluate import evaluate
-    from minitron.train.trainer import lm_loss
-
     model, tokenizer = load_checkpoint(path, dtype=cfg.dtype)
     val = lm_loss(model, data["validation"], batch_size=cfg.eval_batch_size, max_batches=cfg.eval_batches)
-    metrics = evaluate(model, tokenizer, cfg.eval, out, data_cfg=cfg.data, cache_dir=cfg.cache_dir,
+    metrics = lm_eval_suite(model, tokenizer, cfg.eval, out, data_cfg=cfg.data, cache_dir=cfg.cache_dir,
                        batch_size=cfg.eval_batch_size, limit=cfg.eval_limit, seed=cfg.seed, model_name=name)
     return {"params": model.num_parameters(), "val_loss": val, **metrics}
 

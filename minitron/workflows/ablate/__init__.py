@@ -1,0 +1,31 @@
+"""The paper's findings at small scale: five studies on one tiny teacher, each cell cached, one results page.
+
+`cells` computes and caches one (setting, seed) at a time, `studies` groups them and runs the job, `page` writes
+the results page and its plots from the cells alone.
+
+Studies (`configs/ablate.yaml` sets the teacher, the shapes and the token budget):
+
+- `criteria`  importance criteria at one pruned shape, no retraining: activation scores under the nine
+              (batch, sequence) aggregation pairs, weight magnitude and random scores -> validation loss (Table 13);
+- `shapes`    width vs depth vs width+depth at about the same parameter count -> validation loss before and after
+              the same distillation budget, with the validation curve during retraining (Table 10);
+- `losses`    the retraining loss: forward KL vs cross-entropy vs KL+CE vs KL+intermediate states (Table 15);
+- `scratch`   pruned+distilled vs the same architecture from random init on the same tokens and on 4x (Table 11);
+- `iterative` one-shot pruning vs two steps (prune halfway, distill, re-score, prune, distill) at the same
+              final shape and total budget.
+
+A cell is one (setting, seed); its result is a JSON file under `results_dir/cells/`, keyed by everything that
+decides it, so a re-run (or a Hydra multirun over `study` and `seed`) skips finished cells and cells shared by
+studies (the width student distilled with forward KL appears in four) are computed once. After every job the
+results page is rebuilt from all cells present: each table with mean and spread over seeds, the plots, the
+command, the compute, and the paper's finding beside ours.
+"""
+
+from minitron.workflows.ablate.cells import AGGREGATORS, LOSSES, SHAPES, Context, cell_specs, load_cells
+from minitron.workflows.ablate.page import crossover, mean_curve, plot_criteria, plot_curves, write_results
+from minitron.workflows.ablate.studies import STUDIES, run_ablate, run_study
+
+__all__ = [
+    "AGGREGATORS", "LOSSES", "SHAPES", "STUDIES", "Context", "cell_specs", "crossover", "load_cells", "mean_curve",
+    "plot_criteria", "plot_curves", "run_ablate", "run_study", "write_results",
+]

@@ -1,0 +1,261 @@
+"""The cells of the small-scale ablations: one (setting, seed) each, keyed by everything that decides it and
+cached as a JSON file under `results_dir/cells/`, so a re-run (or a Hydra multirun over `study` and `seed`) skips
+finished cells, and cells shared by studies (the width student distilled with forward KL appears in four) are
+computed once. See `minitron.workflows.ablate` for the studies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
+
+from minitron.checkpoint import checkpoint_folder, load_checkpoint
+from minitron.config import compose, stable_hash, to_plain
+from minitron.data.calibration import Calibration, cache_root
+from minitron.distill import distill, loss_spec
+from minitron.importance import random_scores, score_model, weight_magnitude
+from minitron.io import write_json
+from minitron.prune import prune
+from minitron.prune.dry_run import dry_run
+from minitron.train.pretrain import SUMMARY_FILE, pretrain, train_from_scratch
+from minitron.train.settings import TrainSettings
+from minitron.train.trainer import lm_loss
+
+AGGREGATORS = ("l2", "mean", "var")
+SHAPES = ("width", "depth", "width_depth")
+LOSSES = ("kl", "ce", "kl_ce", "kl_is")
+PAPER_BEST_AGGREGATION = ("l2", "mean")
+
+# ---- what every cell needs ----------------------------------------------------------------------------------
+@dataclass
+class Context:
+    cfg: DictConfig
+    teacher: Path
+    teacher_key: str
+    tokenizer: Any
+    data: Any
+    results: Path
+    seed: int
+
+    def load_teacher(self):
+        """A fresh copy of the teacher (training may move or cast the one it is given)."""
+        model, _ = load_checkpoint(self.teacher)
+        return model
+
+    def val_loss(self, model, batches: int | None = None) -> float:
+        return lm_loss(model, self.data["validation"], batch_size=int(self.cfg.eval_batch_size),
+                       max_batches=int(batches or self.cfg.eval_batches))
+
+
+def build_teacher(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The study's teacher: `minitron pretrain` with `cfg.teacher.overrides` (cached after the first job)."""
+    if cfg.teacher.path:
+        path = checkpoint_folder(cfg.teacher.path, "teacher.path", "leave it null to train the study's teacher")
+        summary = path / SUMMARY_FILE
+        return path, json.loads(summary.read_text()) if summary.is_file() else {}
+    overrides = [*map(str, cfg.teacher.overrides), f"cache_dir='{cache_root(cfg.cache_dir)}'"]
+    result = pretrain(compose("pretrain", overrides), run_dir / "teacher")
+    return Path(result.path), json.loads((Path(result.path) / SUMMARY_FILE).read_text())
+
+
+# ---- cells -----------------------------------------------------------------------------------------------------
+def cell_specs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    """Everything that decides each cell's result, by cell name, from the config alone (no teacher needed), so
+    that a results page can tell the cells of this config from those of another."""
+    shape = lambda name: dict(to_plain(cfg.shapes[name]))  # noqa: E731
+    calib, train, steps = to_plain(cfg.calib), to_plain(cfg.train), int(cfg.budget.steps)
+    evals = {"eval_batches": int(cfg.eval_batches), "eval_batch_size": int(cfg.eval_batch_size), "seq_len": int(cfg.data.seq_len)}
+    specs: dict[str, dict[str, Any]] = {}
+    for criterion in [f"{b}-{q}" for b in AGGREGATORS for q in AGGREGATORS] + ["magnitude", "random"]:
+        spec = {"study": "criteria", "criterion": criterion, "shape": shape("width"), **evals}
+        if criterion not in ("magnitude", "random"):
+            spec["calib"] = calib
+        specs[f"criteria-{criterion}"] = spec
+    for s, loss in [(s, "kl") for s in SHAPES] + [("width", loss) for loss in LOSSES if loss != "kl"]:
+        specs[f"distill-{s}-{loss}"] = {"study": "distill", "shape": shape(s), "loss": loss, "steps": steps, "train": train,
+                                        "calib": calib, "curve_every": int(cfg.curve_every), **evals}
+    for multiple in (1, 4):
+        specs[f"scratch-x{multiple}"] = {"study": "scratch", "shape": shape("width"), "steps": steps * multiple,
+                                         "lr": float(cfg.budget.scratch_lr), "train": train, "curve_every": int(cfg.curve_every),
+                                         **evals}
+    specs["iterative-kl"] = {"study": "iterative", "mid": shape("iterative_mid"), "shape": shape("width"), "steps": steps,
+                             "train": train, "calib": calib, **evals}
+    return specs
+
+
+def teacher_key(summary: dict[str, Any]) -> str:
+    """What identifies the teacher in a cell's key: its folder, size and validation loss."""
+    return stable_hash(str(summary.get("path")), summary.get("val_loss"), summary.get("params"))
+
+
+def cell_key(teacher: str, spec: dict[str, Any], seed: int) -> str:
+    return stable_hash(teacher, spec, int(seed))
+
+
+def run_cell(ctx: Context, name: str, fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The result of cell `name` for `ctx.seed`: read from its file when its key matches, else computed and saved."""
+    spec = cell_specs(ctx.cfg)[name]
+    key = cell_key(ctx.teacher_key, spec, ctx.seed)
+    path = ctx.results / "cells" / name / f"seed{ctx.seed}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            print(f"ablate: {name} seed {ctx.seed}: cached ({fmt_loss(saved.get('val_loss'))})")
+            return saved
+    print(f"ablate: {name} seed {ctx.seed}: running")
+    start = time.perf_counter()
+    result = fn(spec)
+    result.update(name=name, seed=ctx.seed, key=key, spec=spec, seconds=time.perf_counter() - start)
+    write_json(path, result)
+    print(f"ablate: {name} seed {ctx.seed}: validation loss {fmt_loss(result.get('val_loss'))} in {result['seconds']:.0f} s")
+    return result
+
+
+def _activation_scores(ctx: Context, model, *, batch_agg: str = "l2", seq_agg: str = "mean"):
+    calib = Calibration.from_config(ctx.cfg.calib, ctx.cfg.data.seq_len)
+    return score_model(model, ctx.data["train"], calib, seed=ctx.seed, batch_agg=batch_agg, seq_agg=seq_agg,
+                       depth=("bi",), progress=False)
+
+
+def criterion_cell(ctx: Context, criterion: str) -> dict[str, Any]:
+    """Validation loss of the teacher pruned to the width shape with `criterion` scores, no retraining."""
+    def compute(spec: dict[str, Any]) -> dict[str, Any]:
+        teacher = ctx.load_teacher()
+        if criterion == "magnitude":
+            scores = weight_magnitude(teacher)
+        elif criterion == "random":
+            scores = random_scores(teacher.config, ctx.seed)
+        else:
+            batch_agg, seq_agg = criterion.split("-")
+            scores = _activation_scores(ctx, teacher, batch_agg=batch_agg, seq_agg=seq_agg)
+        student = prune(teacher, scores, spec["shape"])
+        return {"val_loss": ctx.val_loss(student), "parameters": student.num_parameters()}
+
+    return run_cell(ctx, f"criteria-{criterion}", compute)
+
+
+class _Curve(TrainerCallback):
+    """Records the validation loss (on `curve_batches` blocks) every `every` optimizer steps into `points`."""
+
+    def __init__(self, ctx: Context, every: int, points: list):
+        self.ctx, self.every, self.points = ctx, every, points
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0 and model is not None:
+            self.points.append([state.global_step, self.ctx.val_loss(model, self.ctx.cfg.curve_batches)])
+            model.train()
+
+
+def _train_settings(ctx: Context, steps: int, **changes: Any) -> TrainSettings:
+    # distill's own closing evaluation is not used (each cell measures its students itself): keep it to one batch
+    return TrainSettings.of(ctx.cfg.train).for_steps(steps, save_steps=0, logger="none", deepspeed=None, eval_batches=1,
+                                                     **changes)
+
+
+def _distill(ctx: Context, teacher, student, steps: int, loss: str, work: Path) -> tuple[float, list]:
+    """Distill `student` for `steps` steps with the `configs/distill/<loss>.yaml` preset; (val loss, curve)."""
+    spec = loss_spec(compose("distill", [f"distill={loss}"]).distill)
+    points: list = []
+    distill(teacher, student, ctx.data["train"], ctx.data["validation"], work, train=_train_settings(ctx, steps),
+            loss=spec, seq_len=int(ctx.cfg.data.seq_len), seed=ctx.seed, out=work / "student", resume=False,
+            callbacks=[_Curve(ctx, int(ctx.cfg.curve_every), points)])
+    return ctx.val_loss(student), points
+
+
+def distill_cell(ctx: Context, shape: str, loss: str = "kl") -> dict[str, Any]:
+    """The teacher pruned to `shape` by activation scores (batch L2, sequence mean; layers by Block Importance),
+    validation loss before retraining, then distilled with `loss` for the budget: loss after, and the curve."""
+    def compute(spec: dict[str, Any]) -> dict[str, Any]:
+        steps = spec["steps"]
+        teacher = ctx.load_teacher()
+        student = prune(teacher, _activation_scores(ctx, teacher), {**spec["shape"], "depth_metric": "bi"})
+        before = ctx.val_loss(student)
+        work = _work(ctx, f"{shape}-{loss}")
+        after, curve = _distill(ctx, teacher, student, steps, loss, work)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"zero_shot": before, "val_loss": after, "curve": [[0, before], *curve], "parameters": student.num_parameters(),
+                "tokens": steps * _tokens_per_step(ctx)}
+
+    return run_cell(ctx, f"distill-{shape}-{loss}", compute)
+
+
+def scratch_cell(ctx: Context, multiple: int) -> dict[str, Any]:
+    """The width shape's architecture from random init, trained with cross-entropy on `multiple` x the budget."""
+
+    def compute(spec: dict[str, Any]) -> dict[str, Any]:
+        steps = spec["steps"]
+        config = dry_run(AutoConfig.from_pretrained(str(ctx.teacher)), spec["shape"])["config"]
+        torch.manual_seed(ctx.seed)
+        model = AutoModelForCausalLM.from_config(config)
+        work = _work(ctx, f"scratch-x{multiple}")
+        points: list = []
+        trainer = train_from_scratch(
+            model, ctx.data["train"], _train_settings(ctx, steps, lr=float(ctx.cfg.budget.scratch_lr)), work,
+            seq_len=int(ctx.cfg.data.seq_len), seed=ctx.seed, resume=False, desc=f"from scratch x{multiple}",
+            callbacks=[_Curve(ctx, int(ctx.cfg.curve_every) * multiple, points)],
+        )
+        val = ctx.val_loss(trainer.model)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"val_loss": val, "curve": points, "parameters": model.num_parameters(), "tokens": steps * _tokens_per_step(ctx)}
+
+    return run_cell(ctx, f"scratch-x{multiple}", compute)
+
+
+def iterative_cell(ctx: Context) -> dict[str, Any]:
+    """Prune to `shapes.iterative_mid`, distill half the budget, re-score the student, prune to the width shape,
+    distill the other half (the one-shot counterpart is `distill_cell(width, kl)`)."""
+    def compute(spec: dict[str, Any]) -> dict[str, Any]:
+        steps = spec["steps"]
+        teacher = ctx.load_teacher()
+        mid = prune(teacher, _activation_scores(ctx, teacher), spec["mid"])
+        work = _work(ctx, "iterative")
+        mid_loss, curve1 = _distill(ctx, teacher, mid, steps // 2, "kl", work / "step1")
+        final = prune(mid, _activation_scores(ctx, mid), spec["shape"])
+        before = ctx.val_loss(final)
+        after, curve2 = _distill(ctx, teacher, final, steps - steps // 2, "kl", work / "step2")
+        shutil.rmtree(work, ignore_errors=True)
+        curve = [*curve1, *[[s + steps // 2, v] for s, v in curve2]]
+        return {"val_loss": after, "mid_loss": mid_loss, "zero_shot_second_step": before, "curve": curve,
+                "parameters": final.num_parameters(), "tokens": steps * _tokens_per_step(ctx)}
+
+    return run_cell(ctx, "iterative-kl", compute)
+
+
+def _tokens_per_step(ctx: Context) -> int:
+    t = ctx.cfg.train
+    return int(t.batch_size) * int(t.gradient_accumulation_steps) * int(ctx.cfg.data.seq_len)
+
+
+def _work(ctx: Context, name: str) -> Path:
+    path = ctx.results / "work" / f"{name}-seed{ctx.seed}"
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def load_cells(results: Path, cfg: DictConfig | None = None, teacher: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The finished cells under `results`, by name (one entry per seed). Given the config and the teacher summary,
+    only the cells those settings would produce are kept (a folder may also hold cells of earlier settings)."""
+    specs = cell_specs(cfg) if cfg is not None else None
+    tkey = teacher_key(teacher or {})
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted((Path(results) / "cells").glob("*/seed*.json")):
+        record = json.loads(path.read_text())
+        name = record["name"]
+        if specs is not None and (name not in specs or record.get("key") != cell_key(tkey, specs[name], record["seed"])):
+            continue
+        cells.setdefault(name, []).append(record)
+    return cells
+
+
+
+def fmt_loss(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}"
