@@ -160,7 +160,7 @@ class ScoreCollector:
         self.mlp_site = mlp_site
         self.block_importance = block_importance
         self.keep_layer_inputs = keep_layer_inputs
-        n = adapter.num_layers
+        n = adapter.num_hidden_layers
         new = partial(RunningScore, seq_agg, batch_agg)
         self.norm_scores = [[new() for _ in adapter.norms(i)] for i in range(n)]
         self.head_scores = [new() for _ in range(n)]
@@ -178,7 +178,7 @@ class ScoreCollector:
         a = self.adapter
         handles = []
         try:
-            for i in range(a.num_layers):
+            for i in range(a.num_hidden_layers):
                 for path, score in zip(a.norms(i), self.norm_scores[i]):
                     handles.append(a.module(model, path).register_forward_hook(partial(self._on_output, score)))
                 o_proj = a.module(model, a.o_proj(i))
@@ -235,10 +235,10 @@ class ScoreCollector:
         a = self.adapter
         hidden = sum(score.value() for per_layer in self.norm_scores for score in per_layer)
         heads = torch.stack(
-            [torch.linalg.vector_norm(s.value().view(a.num_heads, a.head_dim), dim=-1) for s in self.head_scores]
+            [torch.linalg.vector_norm(s.value().view(a.num_attention_heads, a.head_dim), dim=-1) for s in self.head_scores]
         )
-        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_heads)], device=heads.device)
-        kv_groups = torch.zeros(a.num_layers, a.num_kv_heads, device=heads.device)
+        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_attention_heads)], device=heads.device)
+        kv_groups = torch.zeros(a.num_hidden_layers, a.num_key_value_heads, device=heads.device)
         kv_groups = kv_groups.index_add_(1, group, heads.square()).sqrt()
         mlp = torch.stack([s.value() for s in self.mlp_scores])
         layers = None
@@ -342,7 +342,7 @@ def estimate(
         block_importance="bi" in depth,
         keep_layer_inputs="loss" in depth,
     )
-    skip_loss = SkipLoss(adapter.num_layers) if "loss" in depth else None
+    skip_loss = SkipLoss(adapter.num_hidden_layers) if "loss" in depth else None
     corpus = Corpus()
     was_training = model.training
     model.eval()

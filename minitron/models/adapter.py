@@ -51,7 +51,7 @@ class FamilyAdapter:
 
     # ---- shapes -----------------------------------------------------------------------------------
     @property
-    def num_layers(self) -> int:
+    def num_hidden_layers(self) -> int:
         return self.config.num_hidden_layers
 
     @property
@@ -63,22 +63,22 @@ class FamilyAdapter:
         return self.config.intermediate_size
 
     @property
-    def num_heads(self) -> int:
+    def num_attention_heads(self) -> int:
         return self.config.num_attention_heads
 
     @property
-    def num_kv_heads(self) -> int:
+    def num_key_value_heads(self) -> int:
         kv = getattr(self.config, "num_key_value_heads", None)
-        return self.num_heads if kv is None else kv
+        return self.num_attention_heads if kv is None else kv
 
     @property
     def heads_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
+        return self.num_attention_heads // self.num_key_value_heads
 
     @property
     def head_dim(self) -> int:
         hd = getattr(self.config, "head_dim", None)
-        return hd if hd else self.hidden_size // self.num_heads
+        return hd if hd else self.hidden_size // self.num_attention_heads
 
     @property
     def tied_embeddings(self) -> bool:
@@ -97,10 +97,10 @@ class FamilyAdapter:
         return head // self.heads_per_group
 
     def validate(self) -> None:
-        if self.num_heads % self.num_kv_heads:
+        if self.num_attention_heads % self.num_key_value_heads:
             raise MinitronError(
-                f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads="
-                f"{self.num_kv_heads}: every KV group must serve the same number of query heads"
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads="
+                f"{self.num_key_value_heads}: every KV group must serve the same number of query heads"
             )
 
     # ---- module paths -----------------------------------------------------------------------------
@@ -167,7 +167,7 @@ class FamilyAdapter:
             if layer is not None:
                 raise ValueError("the hidden axis spans every layer; call axis_tensors('hidden') without a layer")
             out = [TensorSlice(f"{self.embed}.weight", 1)]
-            for i in range(self.num_layers):
+            for i in range(self.num_hidden_layers):
                 for n in self.norms(i):
                     out += self._norm(n)
                 for p in (self.q_proj(i), self.k_proj(i), self.v_proj(i), *self.mlp_in(i)):
@@ -218,7 +218,7 @@ class FamilyAdapter:
     def tensor_names(self) -> list[str]:
         """Every state-dict key a checkpoint of this config holds (tied `lm_head` left out)."""
         names = [f"{self.embed}.weight"]
-        for i in range(self.num_layers):
+        for i in range(self.num_hidden_layers):
             names += self.layer_tensor_names(i)
         names += [t.name for t in self._norm(self.final_norm)]
         if not self.tied_embeddings:
@@ -228,12 +228,12 @@ class FamilyAdapter:
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """The shape of every tensor in `tensor_names()`, from the config alone (no model is built)."""
         h, ffn, hd = self.hidden_size, self.intermediate_size, self.head_dim
-        q, kv, vocab = self.num_heads * hd, self.num_kv_heads * hd, self.config.vocab_size
+        q, kv, vocab = self.num_attention_heads * hd, self.num_key_value_heads * hd, self.config.vocab_size
         known: dict[str, tuple[int, ...]] = {f"{self.embed}.weight": (vocab, h), f"{self.lm_head}.weight": (vocab, h)}
-        norms = [self.final_norm] + [n for i in range(self.num_layers) for n in self.norms(i)]
+        norms = [self.final_norm] + [n for i in range(self.num_hidden_layers) for n in self.norms(i)]
         for norm in norms:
             known.update({t.name: (h,) for t in self._norm(norm)})
-        for i in range(self.num_layers):
+        for i in range(self.num_hidden_layers):
             linears = [(self.q_proj(i), q, h), (self.k_proj(i), kv, h), (self.v_proj(i), kv, h), (self.o_proj(i), h, q)]
             linears += [(p, ffn, h) for p in self.mlp_in(i)] + [(self.down_proj(i), h, ffn)]
             for path, rows, cols in linears:
@@ -252,8 +252,8 @@ class FamilyAdapter:
         return total
 
     def _check_layer(self, i: int) -> None:
-        if not 0 <= i < self.num_layers:
-            raise MinitronError(f"layer index {i} is out of range: the model has {self.num_layers} layers (0..{self.num_layers - 1})")
+        if not 0 <= i < self.num_hidden_layers:
+            raise MinitronError(f"layer index {i} is out of range: the model has {self.num_hidden_layers} layers (0..{self.num_hidden_layers - 1})")
 
     def check_model(self, model: PreTrainedModel) -> None:
         """Assert that a loaded model holds exactly the tensors this adapter names, with the expected shapes."""
@@ -269,8 +269,8 @@ class FamilyAdapter:
     def __repr__(self) -> str:
         c = self
         return (
-            f"{type(self).__name__}(layers={c.num_layers}, hidden={c.hidden_size}, ffn={c.intermediate_size}, "
-            f"heads={c.num_heads}, kv_heads={c.num_kv_heads}, head_dim={c.head_dim})"
+            f"{type(self).__name__}(layers={c.num_hidden_layers}, hidden={c.hidden_size}, ffn={c.intermediate_size}, "
+            f"heads={c.num_attention_heads}, kv_heads={c.num_key_value_heads}, head_dim={c.head_dim})"
         )
 
 

@@ -86,10 +86,10 @@ class PrunePlan:
                     self._cut(t.name, t.dim, expand(self.hidden, t.unit))
         for i in self.keep_layers:
             head_slices = a.axis_tensors("heads", i)
-            if len(self.heads[i]) != a.num_heads:
+            if len(self.heads[i]) != a.num_attention_heads:
                 for t in head_slices:
                     self._cut(t.name, t.dim, expand(self.heads[i], t.unit))
-            if len(self.kv_groups[i]) != a.num_kv_heads:
+            if len(self.kv_groups[i]) != a.num_key_value_heads:
                 q_and_o = {t.name for t in head_slices}
                 for t in a.axis_tensors("kv_groups", i):
                     if t.name not in q_and_o:  # q rows and o columns follow the kept heads above
@@ -153,7 +153,7 @@ class PrunePlan:
     def summary(self) -> dict[str, Any]:
         return {
             "keep_layers": list(self.keep_layers),
-            "dropped_layers": [i for i in range(self.adapter.num_layers) if i not in self.keep_layers],
+            "dropped_layers": [i for i in range(self.adapter.num_hidden_layers) if i not in self.keep_layers],
             "source": Shape.of(self.source).as_dict(),
             "pruned": Shape.of(self.config).as_dict(),
             "source_parameters": self.adapter.num_parameters(),
@@ -202,8 +202,8 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
     width = {
         "hidden_size": shape.hidden_size != a.hidden_size,
         "intermediate_size": shape.intermediate_size != a.intermediate_size,
-        "num_attention_heads": shape.num_attention_heads != a.num_heads,
-        "num_key_value_heads": shape.num_key_value_heads != a.num_kv_heads,
+        "num_attention_heads": shape.num_attention_heads != a.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads != a.num_key_value_heads,
     }
     needed = [k for k, v in width.items() if v]
     if needed and importance is None:
@@ -219,15 +219,15 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
     for i in keep_layers:
         mlp[i] = top_k(importance.mlp[i], shape.intermediate_size) if width["intermediate_size"] else torch.arange(a.intermediate_size)
         if not (width["num_attention_heads"] or width["num_key_value_heads"]):
-            heads[i], kv_groups[i] = torch.arange(a.num_heads), torch.arange(a.num_kv_heads)
+            heads[i], kv_groups[i] = torch.arange(a.num_attention_heads), torch.arange(a.num_key_value_heads)
             continue
         # With multi-head attention a KV group is one head: rank it by its head score.
         group_scores = importance.heads[i] if a.heads_per_group == 1 else importance.kv_groups[i]
-        groups = top_k(group_scores, shape.num_key_value_heads) if width["num_key_value_heads"] else torch.arange(a.num_kv_heads)
+        groups = top_k(group_scores, shape.num_key_value_heads) if width["num_key_value_heads"] else torch.arange(a.num_key_value_heads)
         kept: list[Tensor] = []
         pairs: list[tuple[int, int]] = []
         for g in groups.tolist():
-            members = [h for h in range(a.num_heads) if a.kv_group_of_head(h) == g]
+            members = [h for h in range(a.num_attention_heads) if a.kv_group_of_head(h) == g]
             local = top_k(importance.heads[i][members], per_group)
             chosen = torch.tensor(members)[local]
             kept.append(chosen)
@@ -235,7 +235,7 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
                 pairs += fold_pairs(importance.heads[i], chosen, members)
         heads[i], kv_groups[i] = torch.cat(kept), groups
         if target.fold_heads and a.heads_per_group == 1:  # multi-head attention: the paper's setting, all heads at once
-            pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_heads)))
+            pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_attention_heads)))
         if pairs:
             fold[i] = pairs
     return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold)

@@ -79,9 +79,9 @@ def enumerate_candidates(
         raise MinitronError(
             f"search budget {budget:,} parameters is larger than the source model's {a.num_parameters():,}; lower search.params"
         )
-    kv = a.num_kv_heads
-    layers = grid(a.num_layers, steps) if search_depth else [a.num_layers]
-    heads = [kv * j for j in range(1, a.heads_per_group + 1)] if search_heads else [a.num_heads]
+    kv = a.num_key_value_heads
+    layers = grid(a.num_hidden_layers, steps) if search_depth else [a.num_hidden_layers]
+    heads = [kv * j for j in range(1, a.heads_per_group + 1)] if search_heads else [a.num_attention_heads]
     low, high = budget * (1 - tolerance), budget * (1 + tolerance)
     out = []
     for n_layers, hidden, ffn, n_heads in itertools.product(layers, grid(a.hidden_size, steps), grid(a.intermediate_size, steps), heads):

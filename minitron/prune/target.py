@@ -46,7 +46,7 @@ class Shape:
     @classmethod
     def of(cls, config: PretrainedConfig) -> Shape:
         a = get_adapter(config)
-        return cls(a.num_layers, a.hidden_size, a.intermediate_size, a.num_heads, a.num_kv_heads)
+        return cls(a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.num_attention_heads, a.num_key_value_heads)
 
     def as_dict(self) -> dict[str, int]:
         return {f: getattr(self, f) for f in SIZE_FIELDS}
@@ -224,7 +224,7 @@ class Target:
     def keep_layers(self, config: PretrainedConfig, importance: Importance | None) -> list[int]:
         """Source indices of the layers that stay, in order."""
         shape = self.shape(config)
-        total = get_adapter(config).num_layers
+        total = get_adapter(config).num_hidden_layers
         if self.drop_layers is not None:
             return [i for i in range(total) if i not in set(self.drop_layers)]
         drop = total - shape.num_hidden_layers

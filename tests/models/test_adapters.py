@@ -46,8 +46,8 @@ def test_names_match_the_stock_model(case):
     adapter = get_adapter(model)
     adapter.check_model(model)
     assert isinstance(adapter, NemotronAdapter if case == "nemotron" else LlamaAdapter)
-    assert (adapter.num_layers, adapter.hidden_size, adapter.intermediate_size) == (LAYERS, HIDDEN, FFN)
-    assert (adapter.num_heads, adapter.num_kv_heads, adapter.head_dim, adapter.heads_per_group) == (HEADS, KV, HEAD_DIM, 2)
+    assert (adapter.num_hidden_layers, adapter.hidden_size, adapter.intermediate_size) == (LAYERS, HIDDEN, FFN)
+    assert (adapter.num_attention_heads, adapter.num_key_value_heads, adapter.head_dim, adapter.heads_per_group) == (HEADS, KV, HEAD_DIM, 2)
     assert [adapter.kv_group_of_head(h) for h in range(HEADS)] == [0, 0, 1, 1]
     assert len(adapter.layers(model)) == LAYERS
     norm_cls = "NemotronLayerNorm1P" if case == "nemotron" else "RMSNorm"
