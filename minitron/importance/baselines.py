@@ -20,6 +20,8 @@ def _axis_norms(state: dict[str, Tensor], slices, size: int) -> Tensor:
     total = torch.zeros(size, dtype=torch.float64)
     for s in slices:
         t = state[s.name].detach().to(torch.float64)
+        if s.offset or s.length is not None:  # one block of a fused projection
+            t = t.narrow(s.dim, s.offset, t.shape[s.dim] - s.offset if s.length is None else s.length)
         t = t.movedim(s.dim, 0).reshape(size, -1)
         total += t.pow(2).sum(dim=1)
     return total.sqrt().float()

@@ -1,4 +1,5 @@
-"""The supported families. Adding one means a subclass here and an entry in `FAMILIES`."""
+"""The supported families. Adding one means a subclass here and an entry in `FAMILIES`; each subclass states
+only where its decoder layer differs from the Llama layout the base class describes."""
 
 from __future__ import annotations
 
@@ -21,25 +22,15 @@ class LlamaAdapter(FamilyAdapter):
     family = "llama"
     model_types = ("llama", "mistral", "qwen2")
     gated_mlp = True
-    norm_has_bias = False
 
     @property
-    def attention_bias(self) -> bool:
+    def qkv_bias(self) -> bool:
         # Qwen2 always carries q/k/v biases and no o_proj bias; its config has no `attention_bias` field.
-        if self.config.model_type == "qwen2":
-            return True
-        return super().attention_bias
+        return True if self.config.model_type == "qwen2" else super().qkv_bias
 
-    def layer_tensor_names(self, i: int) -> list[str]:
-        names = super().layer_tensor_names(i)
-        if self.config.model_type == "qwen2":
-            names.remove(f"{self.o_proj(i)}.bias")
-        return names
-
-    def _linear(self, path, dim, unit, bias):
-        if self.config.model_type == "qwen2" and path.endswith("o_proj"):
-            bias = False
-        return super()._linear(path, dim, unit, bias)
+    @property
+    def o_bias(self) -> bool:
+        return False if self.config.model_type == "qwen2" else super().o_bias
 
 
 FAMILIES: tuple[type[FamilyAdapter], ...] = (NemotronAdapter, LlamaAdapter)

@@ -11,6 +11,7 @@ the top-ranked units by importance with ties broken towards the lower index.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from transformers import PretrainedConfig
 
 from minitron.errors import MinitronError
-from minitron.models import FamilyAdapter, get_adapter
+from minitron.models import FamilyAdapter, TensorSlice, get_adapter
 from minitron.prune.target import Shape, Target
 
 if TYPE_CHECKING:
@@ -60,8 +61,10 @@ class PrunePlan:
     kv_groups: dict[int, Tensor]  # source layer -> kept KV heads
     mlp: dict[int, Tensor]  # source layer -> kept neurons
     fold: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept head, pruned head) pairs
-    _cuts: dict[str, list[tuple[int, Tensor]]] = field(default_factory=dict, repr=False)
-    _folds: dict[str, tuple[int, int, list[tuple[int, int]]]] = field(default_factory=dict, repr=False)
+    # name -> dim -> (offset, length, kept element indices within the block) per cut block of that dimension
+    _cuts: dict[str, dict[int, list[tuple[int, int | None, Tensor]]]] = field(default_factory=dict, repr=False)
+    _folds: dict[str, list[tuple[int, int, int, list[tuple[int, int]]]]] = field(default_factory=dict, repr=False)
+    _transforms: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._index_tensors()
@@ -74,8 +77,11 @@ class PrunePlan:
     def pruned_adapter(self) -> FamilyAdapter:
         return get_adapter(self.config)
 
-    def _cut(self, name: str, dim: int, index: Tensor) -> None:
-        self._cuts.setdefault(name, []).append((dim, index))
+    def _cut(self, t: TensorSlice, index: Tensor) -> None:
+        blocks = self._cuts.setdefault(t.name, {}).setdefault(t.dim, [])
+        if any(offset == t.offset for offset, _, _ in blocks):
+            raise ValueError(f"two cuts of the block at {t.offset} of dimension {t.dim} of '{t.name}'")
+        blocks.append((t.offset, t.length, expand(index, t.unit)))
 
     def _index_tensors(self) -> None:
         a = self.adapter
@@ -83,25 +89,26 @@ class PrunePlan:
         if not full_hidden:
             for t in a.axis_tensors("hidden"):
                 if _layer_of(t.name) in (None, *self.keep_layers):
-                    self._cut(t.name, t.dim, expand(self.hidden, t.unit))
+                    self._cut(t, self.hidden)
+            self._transforms = a.hidden_transforms(len(self.hidden))
         for i in self.keep_layers:
             head_slices = a.axis_tensors("heads", i)
             if len(self.heads[i]) != a.num_attention_heads:
                 for t in head_slices:
-                    self._cut(t.name, t.dim, expand(self.heads[i], t.unit))
+                    self._cut(t, self.heads[i])
             if len(self.kv_groups[i]) != a.num_key_value_heads:
-                q_and_o = {t.name for t in head_slices}
+                q_and_o = {t.key for t in head_slices}
                 for t in a.axis_tensors("kv_groups", i):
-                    if t.name not in q_and_o:  # q rows and o columns follow the kept heads above
-                        self._cut(t.name, t.dim, expand(self.kv_groups[i], t.unit))
+                    if t.key not in q_and_o:  # q rows and o columns follow the kept heads above
+                        self._cut(t, self.kv_groups[i])
             if len(self.mlp[i]) != a.intermediate_size:
                 for t in a.axis_tensors("mlp", i):
-                    self._cut(t.name, t.dim, expand(self.mlp[i], t.unit))
+                    self._cut(t, self.mlp[i])
             if self.fold.get(i):
                 # Multi-head attention: a head owns its K and V rows too; with GQA they are shared by the group.
                 owned = a.axis_tensors("kv_groups", i) if a.heads_per_group == 1 else head_slices
                 for t in owned:
-                    self._folds[t.name] = (t.dim, t.unit, self.fold[i])
+                    self._folds.setdefault(t.name, []).append((t.dim, t.offset, t.unit, self.fold[i]))
 
     # ---- names -------------------------------------------------------------------------------------
     def rename(self, name: str) -> str | None:
@@ -128,11 +135,14 @@ class PrunePlan:
     # ---- tensors -----------------------------------------------------------------------------------
     def apply(self, name: str, tensor: Tensor) -> Tensor:
         """Slice source tensor `name` to its pruned shape (a new tensor; the input is left unchanged)."""
-        fold = self._folds.get(name)
-        if fold is not None:
+        for fold in self._folds.get(name, ()):
             tensor = _fold_heads(tensor, *fold)
-        for dim, index in self._cuts.get(name, ()):
+        for dim, blocks in self._cuts.get(name, {}).items():
+            index = _dim_index(tensor.shape[dim], blocks)
             tensor = tensor.index_select(dim, index.to(tensor.device))
+        transform = self._transforms.get(name)
+        if transform is not None:
+            tensor = transform(tensor)
         return tensor
 
     def state_dict(self, source: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -166,12 +176,25 @@ def _layer_of(name: str) -> int | None:
     return None if m is None else int(m["index"])
 
 
-def _fold_heads(tensor: Tensor, dim: int, unit: int, pairs: list[tuple[int, int]]) -> Tensor:
-    """head_kept += head_kept - head_pruned for each pair (the paper's fold-back), on one tensor."""
+def _dim_index(size: int, blocks: list[tuple[int, int | None, Tensor]]) -> Tensor:
+    """The kept indices of a dimension of `size` elements: in each cut block those chosen, elsewhere all."""
+    parts, at = [], 0
+    for offset, length, index in sorted(blocks, key=lambda b: b[0]):
+        end = size if length is None else offset + length
+        if offset < at or end > size:
+            raise ValueError(f"cut blocks overlap or overrun a dimension of {size}")
+        parts += [torch.arange(at, offset), index + offset]
+        at = end
+    parts.append(torch.arange(at, size))
+    return torch.cat(parts)
+
+
+def _fold_heads(tensor: Tensor, dim: int, offset: int, unit: int, pairs: list[tuple[int, int]]) -> Tensor:
+    """head_kept += head_kept - head_pruned for each pair (the paper's fold-back), on one block of one tensor."""
     tensor = tensor.clone()
     for kept, pruned in pairs:
-        k = tensor.narrow(dim, kept * unit, unit)
-        p = tensor.narrow(dim, pruned * unit, unit)
+        k = tensor.narrow(dim, offset + kept * unit, unit)
+        p = tensor.narrow(dim, offset + pruned * unit, unit)
         k.copy_(2 * k - p)
     return tensor
 

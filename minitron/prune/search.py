@@ -103,18 +103,9 @@ def _valid(config: PretrainedConfig, shape: dict[str, int]) -> bool:
 
 
 def _count(a, shape: dict[str, int]) -> int:
-    """The exact parameter count of `shape` on the source's layout (what `Target.resolve` + the adapter would count,
-    computed from the per-layer sizes without building a config per candidate)."""
-    h, ffn, hd = shape["hidden_size"], shape["intermediate_size"], a.head_dim
-    q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
-    norm = h * (2 if a.norm_has_bias else 1)
-    per_layer = 2 * norm + q * h + 2 * kv * h + h * q + len(a.mlp_in(0)) * ffn * h + h * ffn
-    if a.attention_bias:
-        per_layer += q + 2 * kv + (0 if a.config.model_type == "qwen2" else h)
-    if a.mlp_bias:
-        per_layer += len(a.mlp_in(0)) * ffn + h
-    embed = a.config.vocab_size * h * (1 if a.tied_embeddings else 2)
-    return embed + norm + shape["num_hidden_layers"] * per_layer
+    """The exact parameter count of `shape` on the source's layout (what `Target.resolve` + the adapter would count),
+    without building a config per candidate."""
+    return a.with_sizes(**shape).num_parameters()
 
 
 def read_zero_shot(path: Path, key: str) -> dict[str, float]:

@@ -194,8 +194,9 @@ class Target:
     def resolve(self, config: PretrainedConfig, keep_layers: Sequence[int] | None = None) -> PretrainedConfig:
         """The pruned config, built through the config class so that every other field carries over.
 
-        `keep_layers` (source indices) slices per-layer config lists such as Qwen2's `layer_types`; without it
-        the first `num_hidden_layers` entries are kept (enough for parameter counts).
+        `keep_layers` (source indices) slices the per-layer config lists the adapter names (`layer_types`,
+        SmolLM3's `no_rope_layers`); without it the first `num_hidden_layers` entries are kept (enough for
+        parameter counts).
         """
         shape = self.shape(config)
         adapter = get_adapter(config)
@@ -206,8 +207,9 @@ class Target:
         keep = list(range(shape.num_hidden_layers)) if keep_layers is None else list(keep_layers)
         if len(keep) != shape.num_hidden_layers:
             raise ValueError(f"keep_layers has {len(keep)} layers, the target {shape.num_hidden_layers}")
-        if isinstance(values.get("layer_types"), list):
-            values["layer_types"] = [values["layer_types"][i] for i in keep]
+        for name in adapter.per_layer_config_fields:
+            if isinstance(values.get(name), list):
+                values[name] = [values[name][i] for i in keep]
         try:
             new = type(config)(**values)
         except (ValueError, TypeError, StrictDataclassError) as e:  # the config class's own validators
