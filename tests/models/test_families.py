@@ -5,6 +5,7 @@ streaming equal to in-memory, exact dry-run counts, distillation, and each famil
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from minitron.importance import estimate, estimate_streaming
 from minitron.importance.baselines import random_scores, weight_magnitude
 from minitron.models import get_adapter
+from minitron.models.support import support_table
 from minitron.models.tiny import tiny_model
 from minitron.prune import dry_run, make_plan, prune, prune_checkpoint_streaming, save_checkpoint
 from minitron.prune.search import _count
@@ -314,3 +316,13 @@ def test_smollm3_depth_pruning_keeps_the_nope_pattern():
     assert [layer.self_attn.use_rope for layer in pruned.model.layers] == [0, 1]
     src = model.state_dict()
     assert torch.equal(pruned.state_dict()["model.layers.0.mlp.up_proj.weight"], src["model.layers.1.mlp.up_proj.weight"])
+
+
+def test_the_readme_table_is_the_adapters_rendering():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    begin = "<!-- families table: rendered by minitron.models.support.support_table(); tests/models/test_families.py checks it -->\n"
+    assert readme.count(begin) == 1, "README.md lost the families table's opening marker"
+    block = readme.split(begin, 1)[1].split("<!-- end of families table -->", 1)[0]
+    assert block == support_table(), "README.md's families table is stale: paste minitron.models.support.support_table()"
+    for family in FAMILIES:
+        assert f"| {family} |" in block
