@@ -50,7 +50,8 @@ class Qwen3Adapter(FamilyAdapter):
 
 class Olmo2Adapter(FamilyAdapter):
     """`Olmo2ForCausalLM`: norms after attention and after the MLP (none before), and q/k RMSNorms over the
-    whole query and key projections, so their weights are sliced with the heads and KV groups."""
+    whole query and key projections, so their weights are sliced with the heads and KV groups (the pruned norm's
+    RMS then runs over the kept heads only, as a hidden-pruned RMSNorm runs over the kept channels)."""
 
     family = "olmo2"
     model_types = ("olmo2",)

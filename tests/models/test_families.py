@@ -326,3 +326,40 @@ def test_the_readme_table_is_the_adapters_rendering():
     assert block == support_table(), "README.md's families table is stale: paste minitron.models.support.support_table()"
     for family in FAMILIES:
         assert f"| {family} |" in block
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
+def test_phi3_prunes_like_the_same_weights_in_separate_projections(kv_heads):
+    """Phi-3 computes what Llama computes with q/k/v and gate/up fused: every prune (heads folded back
+    included) must give the blocks of the Llama model pruned with the same scores."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    phi = tiny_model("phi3", seed=7, num_key_value_heads=kv_heads, num_hidden_layers=3)
+    fields = {k: getattr(phi.config, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "num_attention_heads", "num_key_value_heads", "rms_norm_eps")}
+    llama = LlamaForCausalLM(LlamaConfig(**fields, head_dim=16, rope_parameters=phi.config.rope_parameters)).eval()
+    state, q, kv = {}, 64, 16 * kv_heads
+    for name, tensor in phi.state_dict().items():
+        if name.endswith("qkv_proj.weight"):
+            base = name.removesuffix("qkv_proj.weight")
+            for part, rows in zip("qkv", tensor.split([q, kv, kv])):
+                state[f"{base}{part}_proj.weight"] = rows
+        elif name.endswith("gate_up_proj.weight"):
+            base = name.removesuffix("gate_up_proj.weight")
+            state[f"{base}gate_proj.weight"], state[f"{base}up_proj.weight"] = tensor.chunk(2)
+        else:
+            state[name] = tensor
+    llama.load_state_dict(state, strict=True)
+    torch.testing.assert_close(logits(llama), logits(phi))
+
+    target = {"hidden_size": 40, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 2,
+              "fold_heads": True}
+    small_phi = prune(phi, random_scores(phi.config, seed=8), target)
+    small_llama = prune(llama, random_scores(llama.config, seed=8), target)  # the same draws: same shapes, same seed
+    got, want = small_phi.state_dict(), small_llama.state_dict()
+    for i in range(2):
+        p = f"model.layers.{i}."
+        fused = torch.cat([want[f"{p}self_attn.{x}_proj.weight"] for x in "qkv"])
+        assert torch.equal(got[f"{p}self_attn.qkv_proj.weight"], fused)
+        assert torch.equal(got[f"{p}mlp.gate_up_proj.weight"], torch.cat([want[f"{p}mlp.gate_proj.weight"], want[f"{p}mlp.up_proj.weight"]]))
+    torch.testing.assert_close(logits(small_phi), logits(small_llama))
