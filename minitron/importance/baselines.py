@@ -20,6 +20,8 @@ def _axis_norms(state: dict[str, Tensor], slices, size: int) -> Tensor:
     total = torch.zeros(size, dtype=torch.float64)
     for s in slices:
         t = state[s.name].detach().to(torch.float64)
+        if s.offset or s.length is not None:  # one block of a fused projection
+            t = t.narrow(s.dim, s.offset, t.shape[s.dim] - s.offset if s.length is None else s.length)
         t = t.movedim(s.dim, 0).reshape(size, -1)
         total += t.pow(2).sum(dim=1)
     return total.sqrt().float()
@@ -44,12 +46,12 @@ def weight_magnitude(model: PreTrainedModel) -> Importance:
     """Scores from the weights alone: the L2 norm of the weights each channel, head, KV group, neuron or layer owns."""
     a = get_adapter(model)
     state = model.state_dict()
-    n = a.num_layers
+    n = a.num_hidden_layers
     scores = {
         "hidden": _axis_norms(state, a.axis_tensors("hidden"), a.hidden_size),
-        "heads": torch.stack([_axis_norms(state, a.axis_tensors("heads", i), a.num_heads) for i in range(n)]),
+        "heads": torch.stack([_axis_norms(state, a.axis_tensors("heads", i), a.num_attention_heads) for i in range(n)]),
         "mlp": torch.stack([_axis_norms(state, a.axis_tensors("mlp", i), a.intermediate_size) for i in range(n)]),
-        "kv_groups": torch.stack([_axis_norms(state, a.axis_tensors("kv_groups", i), a.num_kv_heads) for i in range(n)]),
+        "kv_groups": torch.stack([_axis_norms(state, a.axis_tensors("kv_groups", i), a.num_key_value_heads) for i in range(n)]),
         "layers": torch.stack([_axis_norms(state, a.axis_tensors("layers", i), 1)[0] for i in range(n)]),
     }
     return _importance(model.config, scores, "magnitude")
@@ -59,12 +61,12 @@ def random_scores(config: PretrainedConfig, seed: int) -> Importance:
     """Seeded uniform scores of the shapes `config` needs: the floor every criterion has to beat."""
     a = get_adapter(config)
     g = torch.Generator().manual_seed(seed)
-    n = a.num_layers
+    n = a.num_hidden_layers
     scores = {
         "hidden": torch.rand(a.hidden_size, generator=g),
-        "heads": torch.rand(n, a.num_heads, generator=g),
+        "heads": torch.rand(n, a.num_attention_heads, generator=g),
         "mlp": torch.rand(n, a.intermediate_size, generator=g),
-        "kv_groups": torch.rand(n, a.num_kv_heads, generator=g),
+        "kv_groups": torch.rand(n, a.num_key_value_heads, generator=g),
         "layers": torch.rand(n, generator=g),
     }
     return _importance(config, scores, "random")

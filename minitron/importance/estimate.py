@@ -2,11 +2,12 @@
 
 Width scores (see `aggregate` for the statistics) are read by hooks on the modules the family adapter names:
 
-- `hidden`: the outputs of the two per-layer norms, summed over the 2 * num_hidden_layers norms;
+- `hidden`: the outputs of the per-layer norms that feed attention and the MLP (the family adapter's
+  `hidden_sites`: two per layer), summed over all of them;
 - `heads`: the input of `o_proj`, per dimension, then the L2 norm over each head's `head_dim` dimensions;
   `kv_groups`: the L2 norm of the scores of the query heads of each KV group;
 - `mlp`: the input of `down_proj` (after the activation and the gate), or with `mlp_site="pre"` the output of
-  `up_proj` (the paper's X W1^T).
+  `up_proj` (the paper's X W1^T; the up block of a fused `gate_up_proj`).
 
 Depth scores:
 
@@ -23,7 +24,7 @@ eval mode. Masked positions (`attention_mask == 0`, right padding) are left out 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -160,9 +161,9 @@ class ScoreCollector:
         self.mlp_site = mlp_site
         self.block_importance = block_importance
         self.keep_layer_inputs = keep_layer_inputs
-        n = adapter.num_layers
+        n = adapter.num_hidden_layers
         new = partial(RunningScore, seq_agg, batch_agg)
-        self.norm_scores = [[new() for _ in adapter.norms(i)] for i in range(n)]
+        self.norm_scores = [[new() for _ in adapter.hidden_sites(i)] for i in range(n)]
         self.head_scores = [new() for _ in range(n)]
         self.mlp_scores = [new() for _ in range(n)]
         self.bi_sums: list[Tensor | None] = [None] * n
@@ -178,17 +179,23 @@ class ScoreCollector:
         a = self.adapter
         handles = []
         try:
-            for i in range(a.num_layers):
-                for path, score in zip(a.norms(i), self.norm_scores[i]):
-                    handles.append(a.module(model, path).register_forward_hook(partial(self._on_output, score)))
+            for i in range(a.num_hidden_layers):
+                for (path, where), score in zip(a.hidden_sites(i), self.norm_scores[i]):
+                    module = a.module(model, path)
+                    if where == "out":
+                        handles.append(module.register_forward_hook(partial(self._on_output, score)))
+                    else:
+                        handles.append(module.register_forward_pre_hook(partial(self._on_input, score)))
                 o_proj = a.module(model, a.o_proj(i))
                 handles.append(o_proj.register_forward_pre_hook(partial(self._on_input, self.head_scores[i])))
                 if self.mlp_site == "post":
                     down = a.module(model, a.down_proj(i))
                     handles.append(down.register_forward_pre_hook(partial(self._on_input, self.mlp_scores[i])))
                 else:
-                    up = a.module(model, a.up_proj(i))
-                    handles.append(up.register_forward_hook(partial(self._on_output, self.mlp_scores[i])))
+                    rows = a.up_rows(i)  # a fused gate_up projection holds the up rows as one block
+                    up = a.module(model, rows.path)
+                    on_up = partial(self._on_output, self.mlp_scores[i], block=(rows.offset, rows.length))
+                    handles.append(up.register_forward_hook(on_up))
                 if self.block_importance or self.keep_layer_inputs:
                     layer = a.module(model, a.layer(i))
                     handles.append(layer.register_forward_hook(partial(self._on_layer, i), with_kwargs=True))
@@ -206,8 +213,12 @@ class ScoreCollector:
         finally:
             self.enabled = enabled
 
-    def _on_output(self, score: RunningScore, module: nn.Module, args: tuple, output: Tensor) -> None:
+    def _on_output(
+        self, score: RunningScore, module: nn.Module, args: tuple, output: Tensor, block: tuple[int, int] | None = None
+    ) -> None:
         if self.enabled:
+            if block is not None and (block[0], block[1]) != (0, output.shape[-1]):
+                output = output.narrow(-1, *block)
             score.update(output, self.tokens)
 
     def _on_input(self, score: RunningScore, module: nn.Module, args: tuple) -> None:
@@ -235,10 +246,10 @@ class ScoreCollector:
         a = self.adapter
         hidden = sum(score.value() for per_layer in self.norm_scores for score in per_layer)
         heads = torch.stack(
-            [torch.linalg.vector_norm(s.value().view(a.num_heads, a.head_dim), dim=-1) for s in self.head_scores]
+            [torch.linalg.vector_norm(s.value().view(a.num_attention_heads, a.head_dim), dim=-1) for s in self.head_scores]
         )
-        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_heads)], device=heads.device)
-        kv_groups = torch.zeros(a.num_layers, a.num_kv_heads, device=heads.device)
+        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_attention_heads)], device=heads.device)
+        kv_groups = torch.zeros(a.num_hidden_layers, a.num_key_value_heads, device=heads.device)
         kv_groups = kv_groups.index_add_(1, group, heads.square()).sqrt()
         mlp = torch.stack([s.value() for s in self.mlp_scores])
         layers = None
@@ -254,8 +265,9 @@ def call_layer(layer: nn.Module, hidden: Tensor, args: tuple, kwargs: dict[str, 
     return out[0] if isinstance(out, tuple) else out
 
 
-def lm_loss_sum(hidden: Tensor, batch: Batch, final_norm: nn.Module, lm_head: nn.Module, vocab: int) -> Tensor:
-    """Sum of the next-token cross entropies of `batch` from last-layer hidden states (float32)."""
+def lm_loss_sum(hidden: Tensor, batch: Batch, head: Callable[[Tensor], Tensor], vocab: int) -> Tensor:
+    """Sum of the next-token cross entropies of `batch` from last-layer hidden states (float32); `head` maps
+    them to logits (final norm, LM head and whatever the family does to the logits)."""
     h, y = hidden[:, :-1], batch.input_ids[:, 1:]
     if batch.target_mask is None:
         h, y = h.reshape(-1, h.shape[-1]), y.reshape(-1)
@@ -264,7 +276,7 @@ def lm_loss_sum(hidden: Tensor, batch: Batch, final_norm: nn.Module, lm_head: nn
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     rows = max(1, _LOGIT_ELEMENTS // vocab)
     for start in range(0, y.shape[0], rows):
-        logits = lm_head(final_norm(h[start : start + rows]))
+        logits = head(h[start : start + rows])
         total = total + F.cross_entropy(logits.float(), y[start : start + rows], reduction="sum")
     return total
 
@@ -333,7 +345,8 @@ def estimate(
     device = next(model.parameters()).device
     decoder = model.get_submodule(adapter.prefix)
     layers = adapter.layers(model)
-    head = (model.get_submodule(adapter.final_norm), model.get_submodule(adapter.lm_head))
+    final_norm, lm_head = model.get_submodule(adapter.final_norm), model.get_submodule(adapter.lm_head)
+    head = lambda h: adapter.logits(lm_head(final_norm(h)))
     collector = ScoreCollector(
         adapter,
         seq_agg=seq_agg,
@@ -342,7 +355,7 @@ def estimate(
         block_importance="bi" in depth,
         keep_layer_inputs="loss" in depth,
     )
-    skip_loss = SkipLoss(adapter.num_layers) if "loss" in depth else None
+    skip_loss = SkipLoss(adapter.num_hidden_layers) if "loss" in depth else None
     tally = CalibrationTally()
     was_training = model.training
     model.eval()
@@ -370,7 +383,7 @@ def estimate(
 def _replay_skips(
     layers: nn.ModuleList,
     inputs: dict[int, tuple[Tensor, tuple, dict[str, Any]]],
-    head: tuple[nn.Module, nn.Module],
+    head: Callable[[Tensor], Tensor],
     batch: Batch,
     skip_loss: SkipLoss,
     vocab: int,
@@ -381,5 +394,5 @@ def _replay_skips(
         hidden = inputs[i][0]
         for j in range(i + 1, n):
             hidden = call_layer(layers[j], hidden, inputs[j][1], inputs[j][2])
-        skip_loss.add(i, lm_loss_sum(hidden, batch, *head, vocab))
+        skip_loss.add(i, lm_loss_sum(hidden, batch, head, vocab))
     skip_loss.targets += batch.num_targets

@@ -138,11 +138,11 @@ class Importance:
         a = get_adapter(config)
         expected = {
             "hidden": (a.hidden_size,),
-            "heads": (a.num_layers, a.num_heads),
-            "mlp": (a.num_layers, a.intermediate_size),
-            "kv_groups": (a.num_layers, a.num_kv_heads),
-            "layers": (a.num_layers,),
-            "layers_loss": (a.num_layers,),
+            "heads": (a.num_hidden_layers, a.num_attention_heads),
+            "mlp": (a.num_hidden_layers, a.intermediate_size),
+            "kv_groups": (a.num_hidden_layers, a.num_key_value_heads),
+            "layers": (a.num_hidden_layers,),
+            "layers_loss": (a.num_hidden_layers,),
         }
         for name, tensor in self.tensors().items():
             if tuple(tensor.shape) != expected[name]:

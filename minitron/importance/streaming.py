@@ -181,6 +181,10 @@ class _Streamer:
             state = {key: self._read(f"{prefix}.{key}") for key in module.state_dict()}
             module.load_state_dict(state, assign=True, strict=True)
             del state
+            for name, value in self.adapter.derived_buffers().items():
+                if name.startswith(f"{prefix}."):
+                    owner, _, attr = name[len(prefix) + 1 :].rpartition(".")
+                    (module.get_submodule(owner) if owner else module)._buffers[attr] = value.to(self.device)
             self._note_weights()
             yield module
         finally:
@@ -212,7 +216,7 @@ class _Streamer:
         cache at the input of layer i that skips it, and add its LM loss to `skip_loss`."""
         self.stats.passes += 1
         with self.resident(self.embed, self.adapter.embed):
-            normal: list[Tensor] | None = [self.embed(b.input_ids) for b in batches]
+            normal: list[Tensor] | None = [self.adapter.embed_output(self.embed(b.input_ids)) for b in batches]
         self.dtype = normal[0].dtype
         forks: dict[int, list[Tensor]] = {}
         last_normal = len(self.layers) - 1 if collect else skips[-1] - 1
@@ -238,10 +242,11 @@ class _Streamer:
         normal = None
         if forks:
             vocab = self.config.vocab_size
+            head = lambda h: self.adapter.logits(self.lm_head(self.final_norm(h)))
             with self.resident(self.final_norm, self.adapter.final_norm), self.resident(self.lm_head, self.adapter.lm_head):
                 for i, cache in forks.items():
                     for b, batch in enumerate(batches):
-                        skip_loss.add(i, lm_loss_sum(cache[b], batch, self.final_norm, self.lm_head, vocab))
+                        skip_loss.add(i, lm_loss_sum(cache[b], batch, head, vocab))
                         cache[b] = None  # type: ignore[call-overload]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError
-from minitron.models.adapter import AXES, FamilyAdapter, TensorSlice
+from minitron.models.adapter import AXES, FamilyAdapter, Rows, TensorSlice
 from minitron.models.families import FAMILIES, LlamaAdapter, NemotronAdapter
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for f in FAMILIES for t in f.model_types)
@@ -30,6 +30,7 @@ __all__ = [
     "FamilyAdapter",
     "LlamaAdapter",
     "NemotronAdapter",
+    "Rows",
     "SUPPORTED_MODEL_TYPES",
     "TensorSlice",
     "get_adapter",

@@ -3,15 +3,22 @@
 An adapter is built from a model config alone (no weights), so the same description serves an in-memory
 model, a streaming pass over safetensors shards, and a dry run on the meta device. Every name it returns is a
 state-dict key or a module path of the stock `transformers` class.
+
+A family describes its decoder layer declaratively: which per-layer norms span the hidden size, whether the
+query/key/value and gate/up projections are fused into one matrix (their rows then come in blocks), whether the
+attention has q/k norms and what they span, and which config fields hold one entry per layer. The few
+computations some families do outside their modules (an embedding multiplier, logit soft-capping) are methods.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError
@@ -23,11 +30,31 @@ AXES: tuple[str, ...] = ("hidden", "heads", "kv_groups", "mlp", "layers")
 @dataclass(frozen=True)
 class TensorSlice:
     """One tensor touched by an axis: `name` is the state-dict key, `dim` the dimension indexed by the axis,
-    and `unit` the number of consecutive elements one axis index owns (e.g. `head_dim` rows per head)."""
+    and `unit` the number of consecutive elements one axis index owns (e.g. `head_dim` rows per head).
+
+    A fused projection holds several blocks along `dim` (Phi-3's `qkv_proj` rows are the query, key and value
+    blocks one after another): the axis then indexes the `length` elements from `offset` on, and the rest of
+    the dimension is left to the other blocks. `length=None` means the whole dimension."""
 
     name: str
     dim: int
     unit: int = 1
+    offset: int = 0
+    length: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """What identifies the block (two axes may slice different blocks of one tensor)."""
+        return (self.name, self.dim, self.offset)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A block of output rows of a linear layer: `length` rows from `offset` of the module at `path`."""
+
+    path: str
+    offset: int
+    length: int
 
 
 class FamilyAdapter:
@@ -43,42 +70,64 @@ class FamilyAdapter:
     final_norm = "model.norm"
     lm_head = "lm_head"
     rotary_emb = "model.rotary_emb"  # the shared rotary module (non-persistent buffers, not in checkpoints)
-    layer_norm_names = ("input_layernorm", "post_attention_layernorm")
+    # Every per-layer norm over the hidden size (all are sliced by hidden pruning).
+    layer_norm_names: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    # The norms whose outputs feed attention and the MLP, where hidden channels are scored; None: all of the above.
+    hidden_site_norms: tuple[str, ...] | None = None
+    # Module names inside a layer, relative to it; a fused projection replaces the separate ones.
+    fused_qkv: str | None = None
+    fused_gate_up: str | None = None
+    # q/k norms inside attention: None, "head" (one weight of head_dim shared by every head) or "projection"
+    # (one weight over the whole query or key projection, so its elements belong to heads and KV groups).
+    qk_norm: Literal["head", "projection"] | None = None
+    # Config fields that hold one entry per decoder layer (sliced like the layers when depth is pruned).
+    per_layer_config_fields: tuple[str, ...] = ("layer_types",)
 
     def __init__(self, config: PretrainedConfig):
         self.config = config
+        self._sizes: dict[str, int] = {}
         self.validate()
+
+    def with_sizes(self, **sizes: int) -> FamilyAdapter:
+        """This adapter with other axis sizes (HF field names), for counting shapes without building a config.
+        `head_dim` stays the source's, as `Target.resolve` writes it."""
+        other = copy.copy(self)
+        other._sizes = {**self._sizes, "head_dim": self.head_dim, **sizes}
+        return other
+
+    def _field(self, name: str):
+        return self._sizes[name] if name in self._sizes else getattr(self.config, name, None)
 
     # ---- shapes -----------------------------------------------------------------------------------
     @property
-    def num_layers(self) -> int:
-        return self.config.num_hidden_layers
+    def num_hidden_layers(self) -> int:
+        return self._field("num_hidden_layers")
 
     @property
     def hidden_size(self) -> int:
-        return self.config.hidden_size
+        return self._field("hidden_size")
 
     @property
     def intermediate_size(self) -> int:
-        return self.config.intermediate_size
+        return self._field("intermediate_size")
 
     @property
-    def num_heads(self) -> int:
-        return self.config.num_attention_heads
+    def num_attention_heads(self) -> int:
+        return self._field("num_attention_heads")
 
     @property
-    def num_kv_heads(self) -> int:
-        kv = getattr(self.config, "num_key_value_heads", None)
-        return self.num_heads if kv is None else kv
+    def num_key_value_heads(self) -> int:
+        kv = self._field("num_key_value_heads")
+        return self.num_attention_heads if kv is None else kv
 
     @property
     def heads_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
+        return self.num_attention_heads // self.num_key_value_heads
 
     @property
     def head_dim(self) -> int:
-        hd = getattr(self.config, "head_dim", None)
-        return hd if hd else self.hidden_size // self.num_heads
+        hd = self._field("head_dim")
+        return hd if hd else self.hidden_size // self.num_attention_heads
 
     @property
     def tied_embeddings(self) -> bool:
@@ -89,6 +138,15 @@ class FamilyAdapter:
         return bool(getattr(self.config, "attention_bias", False))
 
     @property
+    def qkv_bias(self) -> bool:
+        """Whether the query, key and value projections carry biases."""
+        return self.attention_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias
+
+    @property
     def mlp_bias(self) -> bool:
         return bool(getattr(self.config, "mlp_bias", False))
 
@@ -97,10 +155,10 @@ class FamilyAdapter:
         return head // self.heads_per_group
 
     def validate(self) -> None:
-        if self.num_heads % self.num_kv_heads:
+        if self.num_attention_heads % self.num_key_value_heads:
             raise MinitronError(
-                f"num_attention_heads={self.num_heads} is not a multiple of num_key_value_heads="
-                f"{self.num_kv_heads}: every KV group must serve the same number of query heads"
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of num_key_value_heads="
+                f"{self.num_key_value_heads}: every KV group must serve the same number of query heads"
             )
 
     # ---- module paths -----------------------------------------------------------------------------
@@ -109,8 +167,14 @@ class FamilyAdapter:
         return f"{self.prefix}.layers.{i}"
 
     def norms(self, i: int) -> list[str]:
-        """The per-layer norms whose outputs feed attention and the MLP (the embedding-channel sites)."""
+        """Every per-layer norm over the hidden size (sliced by hidden pruning)."""
         return [f"{self.layer(i)}.{n}" for n in self.layer_norm_names]
+
+    def hidden_sites(self, i: int) -> list[tuple[str, Literal["in", "out"]]]:
+        """Where layer i's hidden channels are scored: (module path, "out" for its output or "in" for its input).
+        The Minitron paper scores embedding channels on the LayerNorm outputs that feed attention and the MLP."""
+        names = self.layer_norm_names if self.hidden_site_norms is None else self.hidden_site_norms
+        return [(f"{self.layer(i)}.{n}", "out") for n in names]
 
     def q_proj(self, i: int) -> str:
         return f"{self.layer(i)}.self_attn.q_proj"
@@ -133,10 +197,54 @@ class FamilyAdapter:
     def down_proj(self, i: int) -> str:
         return f"{self.layer(i)}.mlp.down_proj"
 
-    def mlp_in(self, i: int) -> list[str]:
-        """Projections whose output rows are MLP neurons (up, and gate for gated MLPs)."""
+    def q_norm(self, i: int) -> str:
+        return f"{self.layer(i)}.self_attn.q_norm"
+
+    def k_norm(self, i: int) -> str:
+        return f"{self.layer(i)}.self_attn.k_norm"
+
+    def q_rows(self, i: int) -> Rows:
+        q = self.num_attention_heads * self.head_dim
+        if self.fused_qkv:
+            return Rows(f"{self.layer(i)}.{self.fused_qkv}", 0, q)
+        return Rows(self.q_proj(i), 0, q)
+
+    def k_rows(self, i: int) -> Rows:
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        if self.fused_qkv:
+            return Rows(f"{self.layer(i)}.{self.fused_qkv}", q, kv)
+        return Rows(self.k_proj(i), 0, kv)
+
+    def v_rows(self, i: int) -> Rows:
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        if self.fused_qkv:
+            return Rows(f"{self.layer(i)}.{self.fused_qkv}", q + kv, kv)
+        return Rows(self.v_proj(i), 0, kv)
+
+    def up_rows(self, i: int) -> Rows:
+        ffn = self.intermediate_size
+        if self.fused_gate_up:  # gate first, then up (Phi3MLP: `gate, up_states = up_states.chunk(2, dim=-1)`)
+            return Rows(f"{self.layer(i)}.{self.fused_gate_up}", ffn, ffn)
+        return Rows(self.up_proj(i), 0, ffn)
+
+    def gate_rows(self, i: int) -> Rows | None:
+        if self.fused_gate_up:
+            return Rows(f"{self.layer(i)}.{self.fused_gate_up}", 0, self.intermediate_size)
         gate = self.gate_proj(i)
-        return [self.up_proj(i)] + ([gate] if gate else [])
+        return Rows(gate, 0, self.intermediate_size) if gate else None
+
+    def mlp_blocks(self, i: int) -> list[Rows]:
+        """Row blocks that are MLP neurons (up, and gate for gated MLPs)."""
+        gate = self.gate_rows(i)
+        return [self.up_rows(i)] + ([gate] if gate else [])
+
+    def attention_in(self, i: int) -> list[str]:
+        """The projections that read the hidden states in attention (q, k, v, or one fused qkv)."""
+        return list(dict.fromkeys(r.path for r in (self.q_rows(i), self.k_rows(i), self.v_rows(i))))
+
+    def mlp_in(self, i: int) -> list[str]:
+        """Projections whose output rows are MLP neurons (up, and gate for gated MLPs; or one fused gate_up)."""
+        return list(dict.fromkeys(r.path for r in self.mlp_blocks(i)))
 
     def module(self, model: nn.Module, path: str) -> nn.Module:
         return model.get_submodule(path)
@@ -144,7 +252,31 @@ class FamilyAdapter:
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(f"{self.prefix}.layers")
 
+    # ---- computations outside the modules -----------------------------------------------------------
+    def embed_output(self, embeds: Tensor) -> Tensor:
+        """What the base model does to the embedding module's output before the first layer."""
+        return embeds
+
+    def logits(self, logits: Tensor) -> Tensor:
+        """What the causal-LM class does to the LM head's output."""
+        return logits
+
+    def derived_buffers(self) -> dict[str, Tensor]:
+        """Non-persistent buffers outside the layers and the rotary module that the model computes from its
+        config (never stored in checkpoints): a pruned model computes its own rather than copying the source's."""
+        return {}
+
+    def hidden_transforms(self, kept: int) -> dict[str, Callable[[Tensor], Tensor]]:
+        """Element-wise rewrites of sliced tensors that keeping `kept` of the hidden channels needs."""
+        return {}
+
     # ---- axis maps ----------------------------------------------------------------------------------
+    def _rows(self, rows: Rows, unit: int, bias: bool) -> list[TensorSlice]:
+        out = [TensorSlice(f"{rows.path}.weight", 0, unit, rows.offset, rows.length)]
+        if bias:
+            out.append(TensorSlice(f"{rows.path}.bias", 0, unit, rows.offset, rows.length))
+        return out
+
     def _linear(self, path: str, dim: int, unit: int, bias: bool) -> list[TensorSlice]:
         out = [TensorSlice(f"{path}.weight", dim, unit)]
         if bias and dim == 0:  # a bias follows the output rows only
@@ -167,12 +299,12 @@ class FamilyAdapter:
             if layer is not None:
                 raise ValueError("the hidden axis spans every layer; call axis_tensors('hidden') without a layer")
             out = [TensorSlice(f"{self.embed}.weight", 1)]
-            for i in range(self.num_layers):
+            for i in range(self.num_hidden_layers):
                 for n in self.norms(i):
                     out += self._norm(n)
-                for p in (self.q_proj(i), self.k_proj(i), self.v_proj(i), *self.mlp_in(i)):
+                for p in (*self.attention_in(i), *self.mlp_in(i)):
                     out.append(TensorSlice(f"{p}.weight", 1))
-                out += self._linear(self.o_proj(i), 0, 1, self.attention_bias)
+                out += self._linear(self.o_proj(i), 0, 1, self.o_bias)
                 out += self._linear(self.down_proj(i), 0, 1, self.mlp_bias)
             out += self._norm(self.final_norm)
             if not self.tied_embeddings:
@@ -182,96 +314,131 @@ class FamilyAdapter:
             raise ValueError(f"axis '{axis}' is per layer; pass layer=i")
         self._check_layer(layer)
         hd = self.head_dim
+        projection_norms = self.qk_norm == "projection"
         if axis == "heads":
-            return self._linear(self.q_proj(layer), 0, hd, self.attention_bias) + [
-                TensorSlice(f"{self.o_proj(layer)}.weight", 1, hd)
-            ]
+            out = self._rows(self.q_rows(layer), hd, self.qkv_bias)
+            if projection_norms:
+                out.append(TensorSlice(f"{self.q_norm(layer)}.weight", 0, hd))
+            return out + [TensorSlice(f"{self.o_proj(layer)}.weight", 1, hd)]
         if axis == "kv_groups":
             group_q = hd * self.heads_per_group
-            return (
-                self._linear(self.k_proj(layer), 0, hd, self.attention_bias)
-                + self._linear(self.v_proj(layer), 0, hd, self.attention_bias)
-                + self._linear(self.q_proj(layer), 0, group_q, self.attention_bias)
-                + [TensorSlice(f"{self.o_proj(layer)}.weight", 1, group_q)]
-            )
+            out = self._rows(self.k_rows(layer), hd, self.qkv_bias) + self._rows(self.v_rows(layer), hd, self.qkv_bias)
+            if projection_norms:
+                out.append(TensorSlice(f"{self.k_norm(layer)}.weight", 0, hd))
+            out += self._rows(self.q_rows(layer), group_q, self.qkv_bias)
+            if projection_norms:
+                out.append(TensorSlice(f"{self.q_norm(layer)}.weight", 0, group_q))
+            return out + [TensorSlice(f"{self.o_proj(layer)}.weight", 1, group_q)]
         if axis == "mlp":
             out: list[TensorSlice] = []
-            for p in self.mlp_in(layer):
-                out += self._linear(p, 0, 1, self.mlp_bias)
+            for rows in self.mlp_blocks(layer):
+                out += self._rows(rows, 1, self.mlp_bias)
             return out + [TensorSlice(f"{self.down_proj(layer)}.weight", 1)]
         if axis == "layers":
             return [TensorSlice(name, 0) for name in self.layer_tensor_names(layer)]
         raise ValueError(f"unknown axis '{axis}'; expected one of {', '.join(AXES)}")
 
+    # ---- names and shapes ---------------------------------------------------------------------------
+    def layer_tensor_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        """State-dict keys of decoder layer i and their shapes, from the config alone."""
+        h, ffn, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+        out: dict[str, tuple[int, ...]] = {}
+        for n in self.norms(i):
+            out.update({t.name: (h,) for t in self._norm(n)})
+        rows: dict[str, int] = {}
+        for block in (self.q_rows(i), self.k_rows(i), self.v_rows(i)):
+            rows[block.path] = rows.get(block.path, 0) + block.length
+        for path, n in rows.items():
+            out[f"{path}.weight"] = (n, h)
+            if self.qkv_bias:
+                out[f"{path}.bias"] = (n,)
+        if self.qk_norm == "head":
+            out[f"{self.q_norm(i)}.weight"] = out[f"{self.k_norm(i)}.weight"] = (hd,)
+        elif self.qk_norm == "projection":
+            out[f"{self.q_norm(i)}.weight"], out[f"{self.k_norm(i)}.weight"] = (q,), (kv,)
+        out[f"{self.o_proj(i)}.weight"] = (h, q)
+        if self.o_bias:
+            out[f"{self.o_proj(i)}.bias"] = (h,)
+        rows = {}
+        for block in self.mlp_blocks(i):
+            rows[block.path] = rows.get(block.path, 0) + block.length
+        for path, n in rows.items():
+            out[f"{path}.weight"] = (n, h)
+            if self.mlp_bias:
+                out[f"{path}.bias"] = (n,)
+        out[f"{self.down_proj(i)}.weight"] = (h, ffn)
+        if self.mlp_bias:
+            out[f"{self.down_proj(i)}.bias"] = (h,)
+        return out
+
     def layer_tensor_names(self, i: int) -> list[str]:
         """State-dict keys of decoder layer i, from the config alone."""
-        names = []
-        for n in self.norms(i):
-            names += [t.name for t in self._norm(n)]
-        for p in (self.q_proj(i), self.k_proj(i), self.v_proj(i)):
-            names += [f"{p}.weight"] + ([f"{p}.bias"] if self.attention_bias else [])
-        names += [f"{self.o_proj(i)}.weight"] + ([f"{self.o_proj(i)}.bias"] if self.attention_bias else [])
-        for p in (*self.mlp_in(i), self.down_proj(i)):
-            names += [f"{p}.weight"] + ([f"{p}.bias"] if self.mlp_bias else [])
-        return names
+        return list(self.layer_tensor_shapes(i))
+
+    def _outside_shapes(self) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        h, vocab = self.hidden_size, self.config.vocab_size
+        before = {f"{self.embed}.weight": (vocab, h)}
+        after = {t.name: (h,) for t in self._norm(self.final_norm)}
+        if not self.tied_embeddings:
+            after[f"{self.lm_head}.weight"] = (vocab, h)
+        return before, after
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor a checkpoint of this config holds (tied `lm_head` left out), from the
+        config alone (no model is built)."""
+        before, after = self._outside_shapes()
+        out = dict(before)
+        for i in range(self.num_hidden_layers):
+            out.update(self.layer_tensor_shapes(i))
+        out.update(after)
+        return out
 
     def tensor_names(self) -> list[str]:
         """Every state-dict key a checkpoint of this config holds (tied `lm_head` left out)."""
-        names = [f"{self.embed}.weight"]
-        for i in range(self.num_layers):
-            names += self.layer_tensor_names(i)
-        names += [t.name for t in self._norm(self.final_norm)]
-        if not self.tied_embeddings:
-            names.append(f"{self.lm_head}.weight")
-        return names
-
-    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The shape of every tensor in `tensor_names()`, from the config alone (no model is built)."""
-        h, ffn, hd = self.hidden_size, self.intermediate_size, self.head_dim
-        q, kv, vocab = self.num_heads * hd, self.num_kv_heads * hd, self.config.vocab_size
-        known: dict[str, tuple[int, ...]] = {f"{self.embed}.weight": (vocab, h), f"{self.lm_head}.weight": (vocab, h)}
-        norms = [self.final_norm] + [n for i in range(self.num_layers) for n in self.norms(i)]
-        for norm in norms:
-            known.update({t.name: (h,) for t in self._norm(norm)})
-        for i in range(self.num_layers):
-            linears = [(self.q_proj(i), q, h), (self.k_proj(i), kv, h), (self.v_proj(i), kv, h), (self.o_proj(i), h, q)]
-            linears += [(p, ffn, h) for p in self.mlp_in(i)] + [(self.down_proj(i), h, ffn)]
-            for path, rows, cols in linears:
-                known[f"{path}.weight"] = (rows, cols)
-                known[f"{path}.bias"] = (rows,)
-        return {name: known[name] for name in self.tensor_names()}
+        return list(self.tensor_shapes())
 
     def num_parameters(self) -> int:
         """The exact parameter count of this config (a tied `lm_head` counted once), without building a model."""
-        total = 0
-        for shape in self.tensor_shapes().values():
-            n = 1
-            for d in shape:
-                n *= d
-            total += n
-        return total
+        numel = lambda shapes: sum(_prod(s) for s in shapes.values())
+        before, after = self._outside_shapes()
+        # Every layer of a supported family has the same tensors (pruning keeps one size per axis).
+        return numel(before) + numel(after) + self.num_hidden_layers * numel(self.layer_tensor_shapes(0))
 
     def _check_layer(self, i: int) -> None:
-        if not 0 <= i < self.num_layers:
-            raise MinitronError(f"layer index {i} is out of range: the model has {self.num_layers} layers (0..{self.num_layers - 1})")
+        if not 0 <= i < self.num_hidden_layers:
+            raise MinitronError(f"layer index {i} is out of range: the model has {self.num_hidden_layers} layers (0..{self.num_hidden_layers - 1})")
 
     def check_model(self, model: PreTrainedModel) -> None:
         """Assert that a loaded model holds exactly the tensors this adapter names, with the expected shapes."""
         state = dict(model.state_dict())
-        expected = set(self.tensor_names())
+        expected = self.tensor_shapes()
         got = set(state) - ({f"{self.lm_head}.weight"} if self.tied_embeddings else set())
-        if expected != got:
+        if set(expected) != got:
             raise MinitronError(
                 f"{type(model).__name__} does not match the {self.family} adapter: "
-                f"missing {sorted(expected - got)[:4]}, unexpected {sorted(got - expected)[:4]}"
+                f"missing {sorted(set(expected) - got)[:4]}, unexpected {sorted(got - set(expected))[:4]}"
+            )
+        wrong = [n for n, shape in expected.items() if tuple(state[n].shape) != shape]
+        if wrong:
+            raise MinitronError(
+                f"{type(model).__name__} does not match the {self.family} adapter: tensor '{wrong[0]}' has shape "
+                f"{tuple(state[wrong[0]].shape)}, expected {expected[wrong[0]]}"
             )
 
     def __repr__(self) -> str:
         c = self
         return (
-            f"{type(self).__name__}(layers={c.num_layers}, hidden={c.hidden_size}, ffn={c.intermediate_size}, "
-            f"heads={c.num_heads}, kv_heads={c.num_kv_heads}, head_dim={c.head_dim})"
+            f"{type(self).__name__}(layers={c.num_hidden_layers}, hidden={c.hidden_size}, ffn={c.intermediate_size}, "
+            f"heads={c.num_attention_heads}, kv_heads={c.num_key_value_heads}, head_dim={c.head_dim})"
         )
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def dtype_of(model: nn.Module) -> torch.dtype:

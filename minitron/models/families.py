@@ -1,6 +1,12 @@
-"""The supported families. Adding one means a subclass here and an entry in `FAMILIES`."""
+"""The supported families. Adding one means a subclass here and an entry in `FAMILIES`; each subclass states
+only where its decoder layer differs from the Llama layout the base class describes."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
 
 from minitron.models.adapter import FamilyAdapter
 
@@ -21,25 +27,142 @@ class LlamaAdapter(FamilyAdapter):
     family = "llama"
     model_types = ("llama", "mistral", "qwen2")
     gated_mlp = True
-    norm_has_bias = False
 
     @property
-    def attention_bias(self) -> bool:
+    def qkv_bias(self) -> bool:
         # Qwen2 always carries q/k/v biases and no o_proj bias; its config has no `attention_bias` field.
-        if self.config.model_type == "qwen2":
-            return True
-        return super().attention_bias
+        return True if self.config.model_type == "qwen2" else super().qkv_bias
 
-    def layer_tensor_names(self, i: int) -> list[str]:
-        names = super().layer_tensor_names(i)
-        if self.config.model_type == "qwen2":
-            names.remove(f"{self.o_proj(i)}.bias")
-        return names
-
-    def _linear(self, path, dim, unit, bias):
-        if self.config.model_type == "qwen2" and path.endswith("o_proj"):
-            bias = False
-        return super()._linear(path, dim, unit, bias)
+    @property
+    def o_bias(self) -> bool:
+        return False if self.config.model_type == "qwen2" else super().o_bias
 
 
-FAMILIES: tuple[type[FamilyAdapter], ...] = (NemotronAdapter, LlamaAdapter)
+class Qwen3Adapter(FamilyAdapter):
+    """`Qwen3ForCausalLM`: the Llama layer plus RMSNorms on each query and key head (`q_norm`, `k_norm`, one
+    weight of `head_dim` shared by all heads, so head and KV-group pruning leave them whole)."""
+
+    family = "qwen3"
+    model_types = ("qwen3",)
+    gated_mlp = True
+    qk_norm = "head"
+
+
+class Olmo2Adapter(FamilyAdapter):
+    """`Olmo2ForCausalLM`: norms after attention and after the MLP (none before), and q/k RMSNorms over the
+    whole query and key projections, so their weights are sliced with the heads and KV groups (the pruned norm's
+    RMS then runs over the kept heads only, as a hidden-pruned RMSNorm runs over the kept channels)."""
+
+    family = "olmo2"
+    model_types = ("olmo2",)
+    gated_mlp = True
+    layer_norm_names = ("post_attention_layernorm", "post_feedforward_layernorm")
+    qk_norm = "projection"
+
+    def hidden_sites(self, i: int) -> list[tuple[str, str]]:
+        # No norm precedes attention or the MLP: both read the residual stream itself, so the channels are
+        # scored on what the projections read (the role the paper gives the pre-norm outputs).
+        return [(self.q_rows(i).path, "in"), (self.up_rows(i).path, "in")]
+
+
+class Gemma2Adapter(FamilyAdapter):
+    """`Gemma2ForCausalLM`: RMSNorms with a (1 + weight) gain before and after both attention and the MLP, an
+    embedding scaled by sqrt(hidden_size) inside the embedding module, tied embeddings by default, logit
+    soft-capping and alternating sliding-window layers (the last two live in the config and carry over)."""
+
+    family = "gemma2"
+    model_types = ("gemma2",)
+    gated_mlp = True
+    layer_norm_names = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+    hidden_site_norms = ("input_layernorm", "pre_feedforward_layernorm")
+
+    def logits(self, logits: Tensor) -> Tensor:
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return logits if cap is None else torch.tanh(logits / cap) * cap
+
+    def derived_buffers(self) -> dict[str, Tensor]:
+        # Gemma2TextScaledWordEmbedding: `embed_scale = hidden_size**0.5`, a non-persistent buffer.
+        return {f"{self.embed}.embed_scale": torch.tensor(self.hidden_size**0.5)}
+
+    def hidden_transforms(self, kept: int) -> dict[str, Callable[[Tensor], Tensor]]:
+        # The model multiplies the embedding output by sqrt(hidden_size) (Gemma Team 2024, arXiv:2403.08295,
+        # sec. 2; `embed_scale` in transformers' Gemma2/Gemma3TextScaledWordEmbedding), so a pruned config
+        # would scale it by sqrt(kept) instead. Folding the constant ratio into the weights, as SliceGPT
+        # (Ashkboos et al. 2024, arXiv:2401.15024, sec. 3) folds norm gains into adjacent matrices, keeps the
+        # residual stream equal to the source's kept channels. A tied LM head reads the same matrix, so the
+        # final norm's gain (1 + weight) is divided by the same ratio: the head's logits are unchanged.
+        source = self.hidden_size
+
+        def ratio(dtype: torch.dtype) -> float:
+            # the model casts the scale to the weight dtype before multiplying: compensate that exact value
+            scale = lambda h: float(torch.tensor(h**0.5, dtype=torch.float64).to(dtype))
+            return scale(source) / scale(kept)
+
+        def embedding(w: Tensor) -> Tensor:
+            return (w.double() * ratio(w.dtype)).to(w.dtype)
+
+        def final_norm(w: Tensor) -> Tensor:
+            return ((1 + w.double()) / ratio(w.dtype) - 1).to(w.dtype)
+
+        out = {f"{self.embed}.weight": embedding}
+        if self.tied_embeddings:
+            out[f"{self.final_norm}.weight"] = final_norm
+        return out
+
+
+class Gemma3Adapter(Gemma2Adapter):
+    """`Gemma3ForCausalLM` (text only, `Gemma3TextConfig`): the Gemma 2 layer with per-head q/k RMSNorms over
+    `head_dim` (left whole by head pruning) and sliding-window layers set by `layer_types`."""
+
+    family = "gemma3"
+    model_types = ("gemma3_text",)
+    qk_norm = "head"
+
+
+class Phi3Adapter(FamilyAdapter):
+    """`Phi3ForCausalLM`: one fused `qkv_proj` (query, key and value rows one block after another) and one fused
+    `gate_up_proj` (gate rows, then up rows); every axis slices its block of those rows."""
+
+    family = "phi3"
+    model_types = ("phi3",)
+    gated_mlp = True
+    fused_qkv = "self_attn.qkv_proj"
+    fused_gate_up = "mlp.gate_up_proj"
+
+
+class GraniteAdapter(FamilyAdapter):
+    """`GraniteForCausalLM`: the Llama layout with embedding, residual, attention and logit multipliers taken
+    from the config (they carry over to the pruned config unchanged)."""
+
+    family = "granite"
+    model_types = ("granite",)
+    gated_mlp = True
+
+    def embed_output(self, embeds: Tensor) -> Tensor:
+        return embeds * self.config.embedding_multiplier  # GraniteModel.forward
+
+    def logits(self, logits: Tensor) -> Tensor:
+        return logits / self.config.logits_scaling  # GraniteForCausalLM.forward
+
+
+class SmolLM3Adapter(FamilyAdapter):
+    """`SmolLM3ForCausalLM`: the Llama layout where some layers use no rotary embedding (NoPE); the per-layer
+    flags `no_rope_layers` follow the kept layers when depth is pruned."""
+
+    family = "smollm3"
+    model_types = ("smollm3",)
+    gated_mlp = True
+    per_layer_config_fields = ("layer_types", "no_rope_layers")
+
+
+FAMILIES: tuple[type[FamilyAdapter], ...] = (
+    NemotronAdapter,
+    LlamaAdapter,
+    Qwen3Adapter,
+    Olmo2Adapter,
+    Gemma2Adapter,
+    Gemma3Adapter,
+    Phi3Adapter,
+    GraniteAdapter,
+    SmolLM3Adapter,
+)

@@ -5,7 +5,7 @@
     >>> model = tiny_model("llama", seed=1, num_hidden_layers=4)
 
 Every model has vocab 128, hidden 64, 2 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16 and
-intermediate 128, in float32, unless overridden. Building one never touches the network or the global RNG.
+intermediate 128, in float32, unless overridden. `gemma3` is the text-only `Gemma3ForCausalLM`. Building one never touches the network or the global RNG.
 """
 
 from __future__ import annotations
@@ -15,12 +15,19 @@ from typing import Any
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
     NemotronConfig,
+    Olmo2Config,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
+    Qwen3Config,
+    SmolLM3Config,
 )
 
 from minitron.errors import MinitronError
@@ -30,6 +37,13 @@ _CONFIGS: dict[str, type[PretrainedConfig]] = {
     "llama": LlamaConfig,
     "mistral": MistralConfig,
     "qwen2": Qwen2Config,
+    "qwen3": Qwen3Config,
+    "olmo2": Olmo2Config,
+    "gemma2": Gemma2Config,
+    "gemma3": Gemma3TextConfig,
+    "phi3": Phi3Config,
+    "granite": GraniteConfig,
+    "smollm3": SmolLM3Config,
 }
 
 _COMMON: dict[str, Any] = dict(
@@ -46,12 +60,22 @@ _COMMON: dict[str, Any] = dict(
     tie_word_embeddings=False,
 )
 
-# Qwen2Config has no `head_dim`: its head size is always hidden_size / num_attention_heads (64 / 4 = 16).
+# Qwen2, OLMo-2 and Phi-3 configs have no `head_dim`: their head size is hidden_size / num_attention_heads
+# (64 / 4 = 16). Each family keeps its quirks switched on at this size: Gemma's soft-capping and a sliding
+# window shorter than the test sequences, Granite's multipliers away from 1, a SmolLM3 NoPE layer every second.
+_GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=4, tie_word_embeddings=True)
 _FAMILY: dict[str, dict[str, Any]] = {
     "nemotron": dict(head_dim=16),
     "llama": dict(head_dim=16),
     "mistral": dict(head_dim=16, sliding_window=None),
     "qwen2": dict(),
+    "qwen3": dict(head_dim=16),
+    "olmo2": dict(),
+    "gemma2": dict(_GEMMA, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
+    "gemma3": dict(_GEMMA, sliding_window_pattern=2, final_logit_softcapping=30.0),
+    "phi3": dict(),
+    "granite": dict(embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.125, logits_scaling=2.0),
+    "smollm3": dict(no_rope_layer_interval=2, tie_word_embeddings=True),
 }
 
 TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)

@@ -60,7 +60,10 @@ def _copy_buffers(source: PreTrainedModel, pruned: PreTrainedModel, plan: PruneP
     """Non-persistent buffers (rotary frequencies) of the source, where the pruned model has the same ones: the
     pruned model then computes exactly as its source did, whatever dtype the source's buffers were cast to."""
     theirs = dict(source.named_buffers())
+    derived = set(plan.adapter.derived_buffers())  # computed from the pruned config (e.g. Gemma's embed_scale)
     for name, buf in list(pruned.named_buffers()):
+        if plan.source_name(name) in derived:
+            continue
         src = theirs.get(plan.source_name(name))
         if src is not None and src.shape == buf.shape:
             owner, _, attr = name.rpartition(".")

@@ -11,6 +11,7 @@ the top-ranked units by importance with ties broken towards the lower index.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from transformers import PretrainedConfig
 
 from minitron.errors import MinitronError
-from minitron.models import FamilyAdapter, get_adapter
+from minitron.models import FamilyAdapter, TensorSlice, get_adapter
 from minitron.prune.target import Shape, Target
 
 if TYPE_CHECKING:
@@ -55,8 +56,10 @@ class PrunePlan:
     kv_groups: dict[int, Tensor]  # source layer -> kept KV heads
     mlp: dict[int, Tensor]  # source layer -> kept neurons
     fold: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept head, pruned head) pairs
-    _cuts: dict[str, list[tuple[int, Tensor]]] = field(default_factory=dict, repr=False)
-    _folds: dict[str, tuple[int, int, list[tuple[int, int]]]] = field(default_factory=dict, repr=False)
+    # name -> dim -> (offset, length, kept element indices within the block) per cut block of that dimension
+    _cuts: dict[str, dict[int, list[tuple[int, int | None, Tensor]]]] = field(default_factory=dict, repr=False)
+    _folds: dict[str, list[tuple[int, int, int, list[tuple[int, int]]]]] = field(default_factory=dict, repr=False)
+    _transforms: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._index_tensors()
@@ -69,8 +72,11 @@ class PrunePlan:
     def pruned_adapter(self) -> FamilyAdapter:
         return get_adapter(self.config)
 
-    def _cut(self, name: str, dim: int, index: Tensor) -> None:
-        self._cuts.setdefault(name, []).append((dim, index))
+    def _cut(self, t: TensorSlice, index: Tensor) -> None:
+        blocks = self._cuts.setdefault(t.name, {}).setdefault(t.dim, [])
+        if any(offset == t.offset for offset, _, _ in blocks):
+            raise ValueError(f"two cuts of the block at {t.offset} of dimension {t.dim} of '{t.name}'")
+        blocks.append((t.offset, t.length, expand(index, t.unit)))
 
     def _index_tensors(self) -> None:
         a = self.adapter
@@ -78,25 +84,26 @@ class PrunePlan:
         if not full_hidden:
             for t in a.axis_tensors("hidden"):
                 if _layer_of(t.name) in (None, *self.keep_layers):
-                    self._cut(t.name, t.dim, expand(self.hidden, t.unit))
+                    self._cut(t, self.hidden)
+            self._transforms = a.hidden_transforms(len(self.hidden))
         for i in self.keep_layers:
             head_slices = a.axis_tensors("heads", i)
-            if len(self.heads[i]) != a.num_heads:
+            if len(self.heads[i]) != a.num_attention_heads:
                 for t in head_slices:
-                    self._cut(t.name, t.dim, expand(self.heads[i], t.unit))
-            if len(self.kv_groups[i]) != a.num_kv_heads:
-                q_and_o = {t.name for t in head_slices}
+                    self._cut(t, self.heads[i])
+            if len(self.kv_groups[i]) != a.num_key_value_heads:
+                q_and_o = {t.key for t in head_slices}
                 for t in a.axis_tensors("kv_groups", i):
-                    if t.name not in q_and_o:  # q rows and o columns follow the kept heads above
-                        self._cut(t.name, t.dim, expand(self.kv_groups[i], t.unit))
+                    if t.key not in q_and_o:  # q rows and o columns follow the kept heads above
+                        self._cut(t, self.kv_groups[i])
             if len(self.mlp[i]) != a.intermediate_size:
                 for t in a.axis_tensors("mlp", i):
-                    self._cut(t.name, t.dim, expand(self.mlp[i], t.unit))
+                    self._cut(t, self.mlp[i])
             if self.fold.get(i):
                 # Multi-head attention: a head owns its K and V rows too; with GQA they are shared by the group.
                 owned = a.axis_tensors("kv_groups", i) if a.heads_per_group == 1 else head_slices
                 for t in owned:
-                    self._folds[t.name] = (t.dim, t.unit, self.fold[i])
+                    self._folds.setdefault(t.name, []).append((t.dim, t.offset, t.unit, self.fold[i]))
 
     # ---- names -------------------------------------------------------------------------------------
     def rename(self, name: str) -> str | None:
@@ -123,11 +130,14 @@ class PrunePlan:
     # ---- tensors -----------------------------------------------------------------------------------
     def apply(self, name: str, tensor: Tensor) -> Tensor:
         """Slice source tensor `name` to its pruned shape (a new tensor; the input is left unchanged)."""
-        fold = self._folds.get(name)
-        if fold is not None:
+        for fold in self._folds.get(name, ()):
             tensor = _fold_heads(tensor, *fold)
-        for dim, index in self._cuts.get(name, ()):
+        for dim, blocks in self._cuts.get(name, {}).items():
+            index = _dim_index(tensor.shape[dim], blocks)
             tensor = tensor.index_select(dim, index.to(tensor.device))
+        transform = self._transforms.get(name)
+        if transform is not None:
+            tensor = transform(tensor)
         return tensor
 
     def state_dict(self, source: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -148,7 +158,7 @@ class PrunePlan:
     def summary(self) -> dict[str, Any]:
         return {
             "keep_layers": list(self.keep_layers),
-            "dropped_layers": [i for i in range(self.adapter.num_layers) if i not in self.keep_layers],
+            "dropped_layers": [i for i in range(self.adapter.num_hidden_layers) if i not in self.keep_layers],
             "source": Shape.of(self.source).as_dict(),
             "pruned": Shape.of(self.config).as_dict(),
             "source_parameters": self.adapter.num_parameters(),
@@ -161,12 +171,25 @@ def _layer_of(name: str) -> int | None:
     return None if m is None else int(m["index"])
 
 
-def _fold_heads(tensor: Tensor, dim: int, unit: int, pairs: list[tuple[int, int]]) -> Tensor:
-    """head_kept += head_kept - head_pruned for each pair (the paper's fold-back), on one tensor."""
+def _dim_index(size: int, blocks: list[tuple[int, int | None, Tensor]]) -> Tensor:
+    """The kept indices of a dimension of `size` elements: in each cut block those chosen, elsewhere all."""
+    parts, at = [], 0
+    for offset, length, index in sorted(blocks, key=lambda b: b[0]):
+        end = size if length is None else offset + length
+        if offset < at or end > size:
+            raise ValueError(f"cut blocks overlap or overrun a dimension of {size}")
+        parts += [torch.arange(at, offset), index + offset]
+        at = end
+    parts.append(torch.arange(at, size))
+    return torch.cat(parts)
+
+
+def _fold_heads(tensor: Tensor, dim: int, offset: int, unit: int, pairs: list[tuple[int, int]]) -> Tensor:
+    """head_kept += head_kept - head_pruned for each pair (the paper's fold-back), on one block of one tensor."""
     tensor = tensor.clone()
     for kept, pruned in pairs:
-        k = tensor.narrow(dim, kept * unit, unit)
-        p = tensor.narrow(dim, pruned * unit, unit)
+        k = tensor.narrow(dim, offset + kept * unit, unit)
+        p = tensor.narrow(dim, offset + pruned * unit, unit)
         k.copy_(2 * k - p)
     return tensor
 
@@ -197,8 +220,8 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
     width = {
         "hidden_size": shape.hidden_size != a.hidden_size,
         "intermediate_size": shape.intermediate_size != a.intermediate_size,
-        "num_attention_heads": shape.num_attention_heads != a.num_heads,
-        "num_key_value_heads": shape.num_key_value_heads != a.num_kv_heads,
+        "num_attention_heads": shape.num_attention_heads != a.num_attention_heads,
+        "num_key_value_heads": shape.num_key_value_heads != a.num_key_value_heads,
     }
     needed = [k for k, v in width.items() if v]
     if needed and importance is None:
@@ -214,15 +237,15 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
     for i in keep_layers:
         mlp[i] = top_k(importance.mlp[i], shape.intermediate_size) if width["intermediate_size"] else torch.arange(a.intermediate_size)
         if not (width["num_attention_heads"] or width["num_key_value_heads"]):
-            heads[i], kv_groups[i] = torch.arange(a.num_heads), torch.arange(a.num_kv_heads)
+            heads[i], kv_groups[i] = torch.arange(a.num_attention_heads), torch.arange(a.num_key_value_heads)
             continue
         # With multi-head attention a KV group is one head: rank it by its head score.
         group_scores = importance.heads[i] if a.heads_per_group == 1 else importance.kv_groups[i]
-        groups = top_k(group_scores, shape.num_key_value_heads) if width["num_key_value_heads"] else torch.arange(a.num_kv_heads)
+        groups = top_k(group_scores, shape.num_key_value_heads) if width["num_key_value_heads"] else torch.arange(a.num_key_value_heads)
         kept: list[Tensor] = []
         pairs: list[tuple[int, int]] = []
         for g in groups.tolist():
-            members = [h for h in range(a.num_heads) if a.kv_group_of_head(h) == g]
+            members = [h for h in range(a.num_attention_heads) if a.kv_group_of_head(h) == g]
             local = top_k(importance.heads[i][members], per_group)
             chosen = torch.tensor(members)[local]
             kept.append(chosen)
@@ -230,7 +253,7 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
                 pairs += fold_pairs(importance.heads[i], chosen, members)
         heads[i], kv_groups[i] = torch.cat(kept), groups
         if target.fold_heads and a.heads_per_group == 1:  # multi-head attention: the paper's setting, all heads at once
-            pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_heads)))
+            pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_attention_heads)))
         if pairs:
             fold[i] = pairs
     return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold)

@@ -76,9 +76,9 @@ def enumerate_candidates(
         raise MinitronError(
             f"search budget {budget:,} parameters is larger than the source model's {a.num_parameters():,}; lower search.params"
         )
-    kv = a.num_kv_heads
-    layers = grid(a.num_layers, steps) if search_depth else [a.num_layers]
-    heads = [kv * j for j in range(1, a.heads_per_group + 1)] if search_heads else [a.num_heads]
+    kv = a.num_key_value_heads
+    layers = grid(a.num_hidden_layers, steps) if search_depth else [a.num_hidden_layers]
+    heads = [kv * j for j in range(1, a.heads_per_group + 1)] if search_heads else [a.num_attention_heads]
     low, high = budget * (1 - tolerance), budget * (1 + tolerance)
     out = []
     for n_layers, hidden, ffn, n_heads in itertools.product(layers, grid(a.hidden_size, steps), grid(a.intermediate_size, steps), heads):
@@ -100,18 +100,9 @@ def _valid(config: PretrainedConfig, shape: dict[str, int]) -> bool:
 
 
 def _count(a, shape: dict[str, int]) -> int:
-    """The exact parameter count of `shape` on the source's layout (what `Target.resolve` + the adapter would count,
-    computed from the per-layer sizes without building a config per candidate)."""
-    h, ffn, hd = shape["hidden_size"], shape["intermediate_size"], a.head_dim
-    q, kv = shape["num_attention_heads"] * hd, shape["num_key_value_heads"] * hd
-    norm = h * (2 if a.norm_has_bias else 1)
-    per_layer = 2 * norm + q * h + 2 * kv * h + h * q + len(a.mlp_in(0)) * ffn * h + h * ffn
-    if a.attention_bias:
-        per_layer += q + 2 * kv + (0 if a.config.model_type == "qwen2" else h)
-    if a.mlp_bias:
-        per_layer += len(a.mlp_in(0)) * ffn + h
-    embed = a.config.vocab_size * h * (1 if a.tied_embeddings else 2)
-    return embed + norm + shape["num_hidden_layers"] * per_layer
+    """The exact parameter count of `shape` on the source's layout (what `Target.resolve` + the adapter would count),
+    without building a config per candidate."""
+    return a.with_sizes(**shape).num_parameters()
 
 
 # ---- reports ------------------------------------------------------------------------------------------------

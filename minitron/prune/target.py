@@ -53,7 +53,7 @@ class Shape:
     @classmethod
     def of(cls, config: PretrainedConfig) -> Shape:
         a = get_adapter(config)
-        return cls(a.num_layers, a.hidden_size, a.intermediate_size, a.num_heads, a.num_kv_heads)
+        return cls(a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.num_attention_heads, a.num_key_value_heads)
 
     def as_dict(self) -> dict[str, int]:
         return {f: getattr(self, f) for f in SIZE_FIELDS}
@@ -201,8 +201,9 @@ class Target:
     def resolve(self, config: PretrainedConfig, keep_layers: Sequence[int] | None = None) -> PretrainedConfig:
         """The pruned config, built through the config class so that every other field carries over.
 
-        `keep_layers` (source indices) slices per-layer config lists such as Qwen2's `layer_types`; without it
-        the first `num_hidden_layers` entries are kept (enough for parameter counts).
+        `keep_layers` (source indices) slices the per-layer config lists the adapter names (`layer_types`,
+        SmolLM3's `no_rope_layers`); without it the first `num_hidden_layers` entries are kept (enough for
+        parameter counts).
         """
         shape = self.shape(config)
         adapter = get_adapter(config)
@@ -213,8 +214,9 @@ class Target:
         keep = list(range(shape.num_hidden_layers)) if keep_layers is None else list(keep_layers)
         if len(keep) != shape.num_hidden_layers:
             raise ValueError(f"keep_layers has {len(keep)} layers, the target {shape.num_hidden_layers}")
-        if isinstance(values.get("layer_types"), list):
-            values["layer_types"] = [values["layer_types"][i] for i in keep]
+        for name in adapter.per_layer_config_fields:
+            if isinstance(values.get(name), list):
+                values[name] = [values[name][i] for i in keep]
         try:
             new = type(config)(**values)
         except (ValueError, TypeError, StrictDataclassError) as e:  # the config class's own validators
@@ -231,7 +233,7 @@ class Target:
     def keep_layers(self, config: PretrainedConfig, importance: Importance | None) -> list[int]:
         """Source indices of the layers that stay, in order."""
         shape = self.shape(config)
-        total = get_adapter(config).num_layers
+        total = get_adapter(config).num_hidden_layers
         if self.drop_layers is not None:
             return [i for i in range(total) if i not in set(self.drop_layers)]
         drop = total - shape.num_hidden_layers

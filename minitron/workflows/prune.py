@@ -59,7 +59,7 @@ def scores_needed(target: Target, config: PretrainedConfig) -> bool:
     src, new = Shape.of(config), target.shape(config)
     if src.as_dict() | {"num_hidden_layers": 0} != new.as_dict() | {"num_hidden_layers": 0}:
         return True
-    return target.drop_layers is None and new.num_hidden_layers != get_adapter(config).num_layers
+    return target.drop_layers is None and new.num_hidden_layers != get_adapter(config).num_hidden_layers
 
 
 def prune_teacher(cfg: DictConfig, target: Target, run_dir: Path) -> dict[str, Any]:

@@ -78,7 +78,7 @@ class Captured:
         self.batches = calibration_batches()
         self.adapter = a = get_adapter(self.model)
         sites = {}
-        for i in range(a.num_layers):
+        for i in range(a.num_hidden_layers):
             for k, path in enumerate(a.norms(i)):
                 sites[("norm", i, k)] = (path, "out")
             sites[("o_in", i)] = (a.o_proj(i), "in")

@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from minitron.errors import MinitronError
-from minitron.models import LlamaAdapter, NemotronAdapter, get_adapter
+from minitron.models import SUPPORTED_MODEL_TYPES, LlamaAdapter, NemotronAdapter, get_adapter
 
 # Distinct sizes so that a dimension's size tells which axis it belongs to.
 HIDDEN, FFN, HEADS, KV, HEAD_DIM, VOCAB, LAYERS = 40, 72, 4, 2, 12, 100, 2
@@ -46,8 +46,8 @@ def test_names_match_the_stock_model(case):
     adapter = get_adapter(model)
     adapter.check_model(model)
     assert isinstance(adapter, NemotronAdapter if case == "nemotron" else LlamaAdapter)
-    assert (adapter.num_layers, adapter.hidden_size, adapter.intermediate_size) == (LAYERS, HIDDEN, FFN)
-    assert (adapter.num_heads, adapter.num_kv_heads, adapter.head_dim, adapter.heads_per_group) == (HEADS, KV, HEAD_DIM, 2)
+    assert (adapter.num_hidden_layers, adapter.hidden_size, adapter.intermediate_size) == (LAYERS, HIDDEN, FFN)
+    assert (adapter.num_attention_heads, adapter.num_key_value_heads, adapter.head_dim, adapter.heads_per_group) == (HEADS, KV, HEAD_DIM, 2)
     assert [adapter.kv_group_of_head(h) for h in range(HEADS)] == [0, 0, 1, 1]
     assert len(adapter.layers(model)) == LAYERS
     norm_cls = "NemotronLayerNorm1P" if case == "nemotron" else "RMSNorm"
@@ -142,7 +142,9 @@ def test_config_alone_is_enough():
 
 
 def test_unsupported_architecture_lists_the_supported_ones():
-    with pytest.raises(MinitronError, match=r"model_type='gpt2'.*nemotron, llama, mistral, qwen2"):
+    types = ("nemotron, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3, granite, smollm3")
+    assert ", ".join(SUPPORTED_MODEL_TYPES) == types
+    with pytest.raises(MinitronError, match=rf"model_type='gpt2'.*supported model types: {types}$"):
         get_adapter(GPT2Config())
 
 

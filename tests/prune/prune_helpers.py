@@ -30,11 +30,11 @@ def fake_importance(model_or_config, seed: int = 0, *, depth: bool = True) -> Im
     r = lambda *shape: torch.rand(*shape, generator=g)
     return Importance(
         hidden=r(a.hidden_size),
-        heads=r(a.num_layers, a.num_heads),
-        mlp=r(a.num_layers, a.intermediate_size),
-        kv_groups=r(a.num_layers, a.num_kv_heads),
-        layers=r(a.num_layers) if depth else None,
-        layers_loss=r(a.num_layers) if depth else None,
+        heads=r(a.num_hidden_layers, a.num_attention_heads),
+        mlp=r(a.num_hidden_layers, a.intermediate_size),
+        kv_groups=r(a.num_hidden_layers, a.num_key_value_heads),
+        layers=r(a.num_hidden_layers) if depth else None,
+        layers_loss=r(a.num_hidden_layers) if depth else None,
         batch_agg="l2",
         seq_agg="mean",
         mlp_site="post",

@@ -24,7 +24,9 @@ def test_grid_is_the_whole_fractions_of_the_source():
 
 
 @pytest.mark.parametrize("family, extra", [("nemotron", {}), ("llama", {"tie_word_embeddings": True}),
-                                            ("qwen2", {}), ("llama", {"attention_bias": True, "mlp_bias": True})])
+                                            ("qwen2", {}), ("llama", {"attention_bias": True, "mlp_bias": True}),
+                                            ("qwen3", {}), ("olmo2", {}), ("gemma2", {}), ("gemma3", {}), ("phi3", {}),
+                                            ("granite", {}), ("smollm3", {})])
 def test_candidate_counts_equal_the_resolved_configs(family, extra):
     config = tiny_config(family, num_hidden_layers=4, **extra)
     budget = get_adapter(config).num_parameters() // 2

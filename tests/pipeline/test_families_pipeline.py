@@ -1,0 +1,77 @@
+"""`minitron pipeline` with a tiny random teacher of each family added in issue 18: scores, prunes every width axis,
+evaluates, distills, and writes a student that the family's stock class loads. One tokenizer (trained by the
+data layer on the embedded corpus) serves every teacher, so all runs share one packed-data cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from minitron.commands.pipeline import run
+from minitron.config import compose
+from minitron.data import load_corpus, train_default_tokenizer
+from minitron.models.tiny import tiny_model
+
+FAMILIES = ("qwen3", "olmo2", "gemma2", "gemma3", "phi3", "granite", "smollm3")
+PIPELINE = [
+    "data.seq_len=64",
+    "data.max_train_docs=12",
+    "data.num_proc=1",
+    "target.hidden_size=48",
+    "target.intermediate_size=96",
+    "target.num_attention_heads=2",
+    "calib.samples=8",
+    "calib.batch_size=4",
+    "train.max_steps=3",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "train.logging_steps=1",
+    "train.save_steps=0",
+    "train.eval_batches=2",
+    "eval_batches=2",
+    "eval_batch_size=4",
+    "eval.generate.docs=4",
+    "eval.generate.doc_chars=256",
+    "eval.generate.mc_items=4",
+    "eval.generate.context_chars=64",
+    "baseline.enabled=false",
+]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """(root folder, cache override, tokenizer) shared by every family's run."""
+    root = tmp_path_factory.mktemp("families_pipeline")
+    cache = f"cache_dir={root / 'cache'}"
+    cfg = compose("pipeline", PIPELINE + [cache])
+    tokenizer = train_default_tokenizer(load_corpus(cfg.data), 320, 200_000)
+    return root, cache, tokenizer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_runs_with_a_tiny_teacher_of_the_family(shared, family):
+    root, cache, tokenizer = shared
+    ids = {t: tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{t}_token")) for t in ("pad", "bos", "eos")}
+    teacher = tiny_model(family, seed=0, vocab_size=len(tokenizer), **{f"{t}_token_id": i for t, i in ids.items()})
+    teacher_dir = root / family / "teacher"
+    teacher.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+
+    result = run(compose("pipeline", PIPELINE + [cache, f"teacher={teacher_dir}"]), run_dir=root / family / "run")
+
+    stages, ev = result["stages"], result["eval"]
+    assert stages["prune"]["params"] < teacher.num_parameters()
+    student = AutoModelForCausalLM.from_pretrained(stages["distill"]["path"])
+    assert type(student) is type(teacher)
+    config = student.config
+    assert (config.hidden_size, config.intermediate_size, config.num_attention_heads) == (48, 96, 2)
+    assert student.num_parameters() == stages["prune"]["params"]
+    for name in ("teacher", "pruned", "distilled"):
+        assert torch.isfinite(torch.tensor(ev[name]["val_loss"])), name
+    report = (root / family / "run" / "report.md").read_text()
+    assert "| teacher |" in report and "| distilled |" in report
+    assert json.loads((root / family / "run" / "stages" / "distill.json").read_text())["steps"] == 3
