@@ -96,6 +96,8 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
 
 
 def format_plan(p: dict[str, Any]) -> str:
+    from minitron.prune.dry_run import layer_lines
+
     src, new = p["source_shape"], p["pruned_shape"]
     width = max(map(len, src))
     lines = [f"pipeline plan: {p['teacher']} -> target {p['target']}", "",
@@ -103,8 +105,7 @@ def format_plan(p: dict[str, Any]) -> str:
     lines += [f"{k:<{width}}  {src[k]:>15,}  {new[k]:>15,}" for k in src]
     lines.append(f"{'parameters':<{width}}  {p['source_parameters']:>15,}  {p['pruned_parameters']:>15,}  "
                  f"({p['pruned_parameters'] / p['source_parameters']:.1%})")
-    if p["drop_layers"]:
-        lines.append(f"dropped layers: {p['drop_layers']}")
+    lines += layer_lines(src["num_hidden_layers"], new["num_hidden_layers"], p["drop_layers"], p.get("depth_metric"))
     lines += ["",
               f"importance: {p['calibration_samples']:,} calibration samples",
               f"retraining: {p['loss']}, {p['steps']:,} steps x {p['tokens_per_step']:,} tokens "

@@ -4,6 +4,10 @@ A size is either an absolute integer (`hidden_size: 4096`) or a fraction of the 
 (`intermediate_size: 0.5` keeps half of the MLP neurons); null keeps the axis whole. Depth is set by
 `num_hidden_layers` (which layers go is decided by `depth_metric` from the importance scores) or by an explicit
 `drop_layers` list. Every check raises a one-line `MinitronError` that names the field.
+
+Layer indices count from 0, like the `model.layers.N` keys of a Hugging Face checkpoint. NVIDIA's tools count
+from 1 (NeMo's `PruningConfig.drop_layers`, Model Optimizer's `drop_mcore_language_model_layers`), so their
+`drop_layers=[16, ..., 31]` for Llama-3.1-Minitron 4B Depth is `drop_layers=[15, ..., 30]` here.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ class Shape:
 class Target:
     """What to keep. Sizes: int (absolute), float in (0, 1] (fraction of the source) or None (keep all).
 
+    `drop_layers` lists 0-based layer indices (layer i is the checkpoint's `model.layers.i`).
+
     `name` and `source` (the model the target was written for) only label it and improve error messages.
     """
 
@@ -87,7 +93,7 @@ class Target:
         if self.drop_layers is not None:
             drops = self.drop_layers
             if isinstance(drops, (str, bytes)) or not isinstance(drops, Sequence):
-                raise MinitronError(f"target.drop_layers={drops!r} must be a list of layer indices, e.g. [16, 17]")
+                raise MinitronError(f"target.drop_layers={drops!r} must be a list of 0-based layer indices, e.g. [15, 16]")
             if any(isinstance(i, bool) or not isinstance(i, int) for i in drops):
                 raise MinitronError(f"target.drop_layers={list(drops)} must hold integer layer indices")
             if len(set(drops)) != len(drops):
