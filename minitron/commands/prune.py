@@ -95,7 +95,7 @@ def prune_teacher(cfg: DictConfig, target: Target, run_dir: Path) -> dict[str, A
         importance = Importance.load(Path(str(cfg.scores)).expanduser())
         check_scores(importance, config)
     elif _scores_needed(target, config):
-        importance = compute_scores(cfg, teacher, run_dir, depth=["bi", "loss"] if target.depth_metric == "loss" else ["bi"])
+        importance = compute_scores(cfg, teacher, run_dir, **target.importance_options(config))
     make_plan(config, importance, target)  # every remaining check, still before anything is written
 
     if cfg.streaming:
@@ -131,8 +131,9 @@ def prune_teacher(cfg: DictConfig, target: Target, run_dir: Path) -> dict[str, A
     return report
 
 
-def compute_scores(cfg: DictConfig, teacher: Path, run_dir: Path, *, depth: list[str]):
-    """Importance of the teacher on `calib.samples` packed blocks of `cfg.data` (saved into the run folder)."""
+def compute_scores(cfg: DictConfig, teacher: Path, run_dir: Path, *, depth: list[str], **blocks: Any):
+    """Importance of the teacher on `calib.samples` packed blocks of `cfg.data` (saved into the run folder);
+    `blocks` are estimate's block-score options (`blocks`, `block_layers`), see `Target.importance_options`."""
     from minitron.commands._run import calibration_batches, load_checkpoint, packed_data
     from minitron.importance import estimate
 
@@ -140,7 +141,7 @@ def compute_scores(cfg: DictConfig, teacher: Path, run_dir: Path, *, depth: list
     data = packed_data(cfg, tokenizer, seq_len=int(cfg.calib.seq_len))
     batches = calibration_batches(data["train"], int(cfg.calib.samples), int(cfg.calib.batch_size), int(cfg.seed))
     print(f"minitron prune: scoring {teacher} on {cfg.calib.samples} calibration samples of {cfg.calib.seq_len} tokens")
-    importance = estimate(model, batches, depth=depth)
+    importance = estimate(model, batches, depth=depth, **blocks)
     importance.save(run_dir / "importance.safetensors")
     return importance
 
