@@ -95,15 +95,49 @@ def test_teacher_correction_fine_tunes_and_saves_the_teacher_first(tiny_teacher,
     teacher, cache = tiny_teacher
     student = make_student(teacher, tmp_path / "s", num_hidden_layers=1)
     run_dir = tmp_path / "run"
+    # the correction has its own peak LR and warm-up, unlike the distillation's (lr 1e-3, 1 warm-up step)
     result = run(distill_cfg(teacher, cache, student, "train.max_steps=2", "train.save_steps=0",
-                             "teacher_correction.steps=2"), run_dir=run_dir)
+                             "teacher_correction.steps=4", "teacher_correction.lr=4e-4",
+                             "teacher_correction.warmup_steps=2"), run_dir=run_dir)
     corrected = run_dir / "teacher_corrected"
     assert AutoModelForCausalLM.from_pretrained(corrected).config.num_hidden_layers == 2
     before, after = load_file(str(teacher / "model.safetensors")), load_file(str(corrected / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     lrs = [r["learning_rate"] for r in _records(run_dir / "teacher_correction") if "learning_rate" in r]
-    assert max(lrs) == pytest.approx(1e-3 / 5)  # 1/5 of the distillation peak LR by default
+    # the LR each step used: linear warm-up over 2 steps to the correction's peak, then the decay
+    assert len(lrs) == 4 and lrs[:3] == pytest.approx([0.0, 4e-4 / 2, 4e-4]) and 0 < lrs[3] < 4e-4
+    distill_lrs = [r["learning_rate"] for r in _records(run_dir) if "learning_rate" in r]
+    assert distill_lrs == pytest.approx([0.0, 1e-3])  # the student's own schedule (1 warm-up step) is untouched
     assert result.val_loss > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["teacher_correction.lr=null"], "teacher_correction.lr is not set; set it to 1/5 of the teacher's original"),
+        (["teacher_correction.lr=-1"], "teacher_correction.lr=-1 must be a positive learning rate"),
+        (["teacher_correction.warmup_steps=null"], "teacher_correction.warmup_steps=None must be an integer >= 0"),
+    ],
+)
+def test_teacher_correction_settings_are_checked_before_training(tiny_teacher, tmp_path, overrides, message):
+    teacher, cache = tiny_teacher
+    student = make_student(teacher, tmp_path / "s", num_hidden_layers=1)
+    with pytest.raises(MinitronError, match=message):
+        run(distill_cfg(teacher, cache, student, "teacher_correction.steps=2", *overrides), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "teacher_correction").exists()
+
+
+def test_recipes_carry_the_papers_teacher_correction_settings():
+    from minitron.config import compose
+
+    corrected = compose("pipeline", ["recipe=mistral_nemo_minitron_8b_corrected"]).teacher_correction
+    assert corrected.steps == 10596 and corrected.warmup_steps == 120
+    assert corrected.lr is None  # 1/5 of a peak Mistral AI has not published: the run must set it
+    for name in ("llama31_minitron_4b_width", "llama31_minitron_4b_depth"):
+        tc = compose("pipeline", [f"recipe={name}"]).teacher_correction
+        assert (tc.lr, tc.warmup_steps) == (pytest.approx(3e-4 / 5), 120)
+    assert compose("distill").teacher_correction.lr == compose("pipeline").teacher_correction.lr == pytest.approx(
+        compose("pretrain").train.lr / 5)  # the embedded teacher: 1/5 of its own pretraining peak
 
 
 def test_every_shipped_loss_preset_and_deepspeed_config_composes(tiny_teacher):
