@@ -34,6 +34,11 @@ SIZE_FIELDS: tuple[str, ...] = (
     "num_key_value_heads",
 )
 DEPTH_METRICS: tuple[str, ...] = ("bi", "loss", "contiguous")
+# The config attribute a depth-pruned model records which source layer each of its layers is:
+# {"source_num_hidden_layers": L, "source_layers": [0-based source index of layer 0, 1, ...]}. Stock transformers
+# keeps unknown config attributes (written to config.json, restored by from_pretrained), so the checkpoint still
+# loads with no code of ours; distillation reads it to pair each student layer with the teacher layer it was.
+LAYER_MAP = "minitron_layer_map"
 # How `contiguous` ranks the blocks: by block scores ("loss": LM loss with the block skipped, "bi": 1 - cos across
 # the block; see minitron.importance.blocks) or by the sum of the block's single-layer scores ("sum").
 BLOCK_METRICS: tuple[str, ...] = ("loss", "bi", "sum")
@@ -228,6 +233,9 @@ class Target:
             raise ValueError(f"keep_layers has {len(keep)} layers, the target {shape.num_hidden_layers}")
         if isinstance(values.get("layer_types"), list):
             values["layer_types"] = [values["layer_types"][i] for i in keep]
+        if keep_layers is not None and keep != list(range(adapter.num_layers)):
+            # relative to this source; a width-only prune keeps the source's own map, if any, since layers are unchanged
+            values[LAYER_MAP] = {"source_num_hidden_layers": adapter.num_layers, "source_layers": keep}
         try:
             new = type(config)(**values)
         except (ValueError, TypeError, StrictDataclassError) as e:  # the config class's own validators
@@ -310,3 +318,23 @@ def _require_scores(importance: Importance | None) -> Importance:
             "or list the layers in target.drop_layers"
         )
     return importance
+
+
+def layer_map(config: PretrainedConfig) -> tuple[int, list[int]] | None:
+    """(source layer count, 0-based source index of each layer) recorded by a depth prune, or None."""
+    recorded = getattr(config, LAYER_MAP, None)
+    if not recorded:
+        return None
+    try:
+        total, layers = int(recorded["source_num_hidden_layers"]), [int(i) for i in recorded["source_layers"]]
+    except (KeyError, TypeError, ValueError):
+        raise MinitronError(
+            f"config.{LAYER_MAP}={recorded!r} is not a kept-layer map; expected source_num_hidden_layers and "
+            f"source_layers (delete the attribute from config.json to pair layers evenly)"
+        ) from None
+    if len(layers) != config.num_hidden_layers or any(not 0 <= i < total for i in layers):
+        raise MinitronError(
+            f"config.{LAYER_MAP} lists {len(layers)} source layers of {total} for a model of {config.num_hidden_layers} "
+            f"layers; delete the attribute from config.json to pair layers evenly"
+        )
+    return total, layers

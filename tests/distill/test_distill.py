@@ -197,3 +197,45 @@ def test_gradient_accumulation_gives_the_same_losses_as_one_big_batch(tmp_path):
         losses[accum] = [v for r in _records(run_dir) if "loss" in r for v in (r["loss"], r["grad_norm"])]
     assert len(losses[1]) == 6
     assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_intermediate_pairs_follow_the_kept_layer_map():
+    from minitron.distill.losses import IntermediateSpec
+    from minitron.distill.trainer import resolve_pairs
+
+    nvidia = (32, [*range(15), 31])  # Llama-3.1-Minitron 4B Depth: teacher layers 0-14 and 31 (from 0)
+    kept = resolve_pairs(IntermediateSpec(), 16, 32, nvidia).pairs
+    assert kept == tuple((i, i) for i in range(1, 16)) + ((16, 32),)  # 1-based layer numbers
+    even = tuple((i, 2 * i) for i in range(1, 17))
+    assert resolve_pairs(IntermediateSpec(pairing="even"), 16, 32, nvidia).pairs == even
+    assert resolve_pairs(IntermediateSpec(), 16, 32, None).pairs == even  # no map: evenly spaced
+    assert resolve_pairs(IntermediateSpec(), 16, 24, nvidia).pairs[-1] == (16, 24)  # a map for another teacher depth
+    assert resolve_pairs(IntermediateSpec(pairs=((2, 5),)), 16, 32, nvidia).pairs == ((2, 5),)  # explicit pairs win
+    with pytest.raises(MinitronError, match="distill.intermediate.pairing='odd' is unknown"):
+        IntermediateSpec(pairing="odd")
+
+
+@pytest.mark.parametrize("pairing, expected", [("kept", ((1, 1),)), ("even", ((1, 2),))])
+def test_distilling_a_depth_pruned_student_pairs_by_its_recorded_layers(tiny_teacher, tmp_path, monkeypatch, pairing, expected):
+    """The student keeps teacher layer 0 of 2: by default its one layer is matched with teacher layer 1 (1-based),
+    the one it was; evenly spaced pairing would match it with the teacher's last layer."""
+    import minitron.distill.trainer as trainer
+    from minitron.prune import prune
+    from minitron.prune.export import save_checkpoint
+
+    teacher, cache = tiny_teacher
+    model = AutoModelForCausalLM.from_pretrained(teacher)
+    student = save_checkpoint(prune(model, None, {"drop_layers": [1]}), AutoTokenizer.from_pretrained(teacher),
+                              tmp_path / "student")
+    seen = []
+    real = trainer.DistillLoss
+
+    class Recording(real):
+        def __init__(self, teacher, spec, **kw):
+            seen.append(spec.intermediate.pairs)
+            super().__init__(teacher, spec, **kw)
+
+    monkeypatch.setattr(trainer, "DistillLoss", Recording)
+    run(distill_cfg(teacher, cache, student, "distill=kl_is", f"distill.intermediate.pairing={pairing}",
+                    "train.max_steps=1", "train.save_steps=0"), run_dir=tmp_path / "run")
+    assert seen == [expected]
