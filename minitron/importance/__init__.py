@@ -5,6 +5,7 @@ paper compares them with (`weight_magnitude`, `random_scores`).
     imp = estimate(model, batches)                 # defaults: batch l2, sequence mean, mlp_site post, depth bi+loss
     imp.save("importance.safetensors")
     Importance.load("importance.safetensors").check_model(model.config)   # before pruning with it
+    estimate(model, batches, blocks=["loss", "bi"], block_layers=16)       # + every 16-layer block (`blocks`)
 
 PNG views of a result are in `minitron.importance.plots` (kept out of this import: matplotlib is slow to load).
 """

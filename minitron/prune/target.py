@@ -296,7 +296,8 @@ class Target:
             has = "none" if scores is None else f"blocks of {importance.block_layers} layers"
             raise MinitronError(
                 f"target.block_metric={self.block_metric} needs block scores for blocks of {drop} layers but the scores "
-                f"file has {has}; let `minitron prune` compute the scores (scores=null) or set target.block_metric=sum"
+                f"have {has}; score with blocks=['{self.block_metric}'] block_layers={drop} (`minitron prune` without "
+                f"scores= does) or set target.block_metric=sum"
             )
         return [float(x) for x in scores]
 

@@ -115,3 +115,18 @@ def test_target_asks_importance_for_the_blocks_it_needs():
         "depth": ["bi"]}
     assert Target(num_hidden_layers=4, depth_metric="loss").importance_options(config) == {"depth": ["bi", "loss"]}
     assert Target(drop_layers=(1, 2), depth_metric="contiguous").importance_options(config) == {"depth": ["bi"]}
+
+
+def test_padding_is_left_out_of_block_scores(setup):
+    """Two samples of different lengths scored in one right-padded batch or one at a time give the same scores."""
+    model, ids, _ = setup
+    short, full = ids[0, :15], ids[1]
+    padded = torch.zeros(2, ids.shape[1], dtype=torch.long)
+    mask = torch.zeros_like(padded)
+    padded[0, :15], mask[0, :15] = short, 1
+    padded[1], mask[1] = full, 1
+    options = dict(depth=(), blocks=("loss", "bi"), block_layers=3, progress=False)
+    together = estimate(model, [{"input_ids": padded, "attention_mask": mask}], **options)
+    apart = estimate(model, [short[None], full[None]], **options)
+    torch.testing.assert_close(together.blocks_loss, apart.blocks_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(together.blocks_bi, apart.blocks_bi, rtol=1e-5, atol=1e-6)
