@@ -64,11 +64,11 @@ def resolve_pairs(
     spec: IntermediateSpec | None,
     student_layers: int,
     teacher_layers: int,
-    layer_map: tuple[int, list[int]] | None = None,
+    kept_map: tuple[int, list[int]] | None = None,
 ) -> IntermediateSpec | None:
     """Fill `pairs` when empty and range-check them.
 
-    With `pairing="kept"` and a kept-layer map (`minitron.prune.target.layer_map` of the student's config) whose
+    With `pairing="kept"` and `kept_map` (`minitron.prune.target.layer_map` of the student's config) whose
     source has the teacher's depth, each student layer is paired with the teacher layer it was pruned from: a
     depth-pruned student's layers are those teacher layers, and even spacing would pair most of them with others
     (e.g. Llama-3.1-Minitron 4B Depth keeps teacher layers 1-15 and 32, counted from 1). Otherwise, and with
@@ -77,11 +77,11 @@ def resolve_pairs(
     if spec is None:
         return None
     pairs = spec.pairs
-    if not pairs and spec.pairing == "kept" and layer_map is not None and layer_map[0] == teacher_layers:
-        pairs = tuple((i + 1, source + 1) for i, source in enumerate(layer_map[1]))  # 1-based layer numbers
+    if not pairs and spec.pairing == "kept" and kept_map is not None and kept_map[0] == teacher_layers:
+        pairs = tuple((i + 1, source + 1) for i, source in enumerate(kept_map[1]))  # 1-based layer numbers
     elif not pairs:
-        if spec.pairing == "kept" and layer_map is not None:
-            print(f"distill: the student's kept-layer map is for a {layer_map[0]}-layer source, the teacher has "
+        if spec.pairing == "kept" and kept_map is not None:
+            print(f"distill: the student's kept-layer map is for a {kept_map[0]}-layer source, the teacher has "
                   f"{teacher_layers} layers; pairing intermediate states evenly")
         pairs = tuple((i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1))
     for s, t in pairs:

@@ -215,6 +215,20 @@ def test_intermediate_pairs_follow_the_kept_layer_map():
         IntermediateSpec(pairing="odd")
 
 
+def test_a_malformed_kept_layer_map_fails_in_one_line():
+    from transformers import LlamaConfig
+
+    from minitron.prune.target import layer_map
+
+    config = LlamaConfig(num_hidden_layers=2, minitron_layer_map={"source_num_hidden_layers": 4, "source_layers": [0, 7]})
+    with pytest.raises(MinitronError, match="lists 2 source layers of 4 for a model of 2 layers"):
+        layer_map(config)
+    config.minitron_layer_map = {"source_layers": [0, 1]}
+    with pytest.raises(MinitronError, match="is not a kept-layer map"):
+        layer_map(config)
+    assert layer_map(LlamaConfig(num_hidden_layers=2)) is None
+
+
 @pytest.mark.parametrize("pairing, expected", [("kept", ((1, 1),)), ("even", ((1, 2),))])
 def test_distilling_a_depth_pruned_student_pairs_by_its_recorded_layers(tiny_teacher, tmp_path, monkeypatch, pairing, expected):
     """The student keeps teacher layer 0 of 2: by default its one layer is matched with teacher layer 1 (1-based),
