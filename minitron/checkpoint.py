@@ -23,6 +23,11 @@ from minitron.io import atomic_path
 from minitron.models import get_adapter
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# The config attribute a depth-pruned model records which source layer each of its layers is:
+# {"source_num_hidden_layers": L, "source_layers": [0-based source index of layer 0, 1, ...]}. Stock transformers
+# keeps unknown config attributes (written to config.json, restored by from_pretrained), so the checkpoint still
+# loads with no code of ours; distillation reads it to pair each student layer with the teacher layer it was.
+LAYER_MAP = "minitron_layer_map"
 
 
 def check_dtype(name: str, field: str = "dtype") -> torch.dtype:
@@ -143,3 +148,23 @@ def save_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out)
+
+
+def layer_map(config: PretrainedConfig) -> tuple[int, list[int]] | None:
+    """(source layer count, 0-based source index of each layer) recorded by a depth prune, or None."""
+    recorded = getattr(config, LAYER_MAP, None)
+    if not recorded:
+        return None
+    try:
+        total, layers = int(recorded["source_num_hidden_layers"]), [int(i) for i in recorded["source_layers"]]
+    except (KeyError, TypeError, ValueError):
+        raise MinitronError(
+            f"config.{LAYER_MAP}={recorded!r} is not a kept-layer map; expected source_num_hidden_layers and "
+            f"source_layers (delete the attribute from config.json to pair layers evenly)"
+        ) from None
+    if len(layers) != config.num_hidden_layers or any(not 0 <= i < total for i in layers):
+        raise MinitronError(
+            f"config.{LAYER_MAP} lists {len(layers)} source layers of {total} for a model of {config.num_hidden_layers} "
+            f"layers; delete the attribute from config.json to pair layers evenly"
+        )
+    return total, layers

@@ -179,6 +179,7 @@ def logit_loss(
 
 
 # ---- intermediate states --------------------------------------------------------------------------------
+PAIRINGS: tuple[str, ...] = ("kept", "even")
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,13 @@ class IntermediateSpec:
     pairs: tuple[tuple[int, int], ...] = ()
     kind: str = "cosine"
     weight: float | None = None
+    pairing: str = "kept"  # without explicit pairs: "kept" (the pruned student's kept-layer map) or "even"
 
     def __post_init__(self) -> None:
+        if self.pairing not in PAIRINGS:
+            raise MinitronError(
+                f"distill.intermediate.pairing='{self.pairing}' is unknown; choose one of {', '.join(PAIRINGS)}"
+            )
         if self.kind not in ("cosine", "mse"):
             raise MinitronError(f"distill.intermediate.kind='{self.kind}' is unknown; choose cosine or mse")
         if self.weight is not None and self.weight < 0:

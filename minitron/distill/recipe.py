@@ -2,8 +2,11 @@
 teacher on the distillation data, then `minitron.distill.distill`.
 
 Teacher correction (arXiv 2408.11796) is `minitron pretrain model.path=TEACHER` on the distillation data for
-`teacher_correction.steps` steps at 1/5 of the peak LR; the corrected teacher is saved to RUN_DIR/teacher_corrected
-and reused when the run is resumed.
+`teacher_correction.steps` steps at `teacher_correction.lr` after `teacher_correction.warmup_steps` of linear
+warm-up, then the distillation schedule's cosine decay. The paper fine-tunes the teacher at 1/5 of the teacher's
+original pretraining peak LR with 120 warm-up steps of its own, so both are settings of the correction, not
+taken from the distillation run (whose LR and warm-up are the student's). The corrected teacher is saved to
+RUN_DIR/teacher_corrected and reused when the run is resumed.
 """
 
 from __future__ import annotations
@@ -29,14 +32,33 @@ def student_path(cfg: DictConfig) -> Path:
     return checkpoint_folder(given, "student")
 
 
+def correction_settings(tc: DictConfig) -> tuple[int, float, int]:
+    """(steps, lr, warmup_steps) of `teacher_correction`, checked; the LR has no default because it depends on the
+    teacher's own pretraining, not on the distillation run."""
+    steps = tc.get("steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise MinitronError(f"teacher_correction.steps={steps!r} must be an integer >= 0 (0: no correction)")
+    if tc.get("lr") is None:
+        raise MinitronError(
+            "teacher_correction.lr is not set; set it to 1/5 of the teacher's original pretraining peak LR "
+            "(arXiv 2408.11796), e.g. teacher_correction.lr=6e-5 for Llama-3.1 8B (peak 3e-4)"
+        )
+    lr = tc.lr
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+        raise MinitronError(f"teacher_correction.lr={lr!r} must be a positive learning rate")
+    warmup = tc.get("warmup_steps")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise MinitronError(
+            f"teacher_correction.warmup_steps={warmup!r} must be an integer >= 0 (the paper warms up for 120 steps)"
+        )
+    return steps, float(lr), warmup
+
+
 def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
     """Fine-tune the teacher on `cfg.data` (the distillation data) and return the corrected checkpoint."""
     tc = cfg.teacher_correction
-    if tc.steps < 0:
-        raise MinitronError(f"teacher_correction.steps must be >= 0, got {tc.steps}")
-    train = TrainSettings.from_config(cfg)
-    lr = float(tc.lr) if tc.lr is not None else train.lr / 5
-    train = dataclasses.replace(train, max_steps=int(tc.steps), lr=lr, save_steps=0)
+    steps, lr, warmup = correction_settings(tc)
+    train = dataclasses.replace(TrainSettings.from_config(cfg), max_steps=steps, lr=lr, warmup_steps=warmup, save_steps=0)
     base = compose("pretrain", [f"cache_dir='{cache_root(cfg.cache_dir)}'", f"seed={cfg.seed}"])
     correction = OmegaConf.merge(
         base,
@@ -49,7 +71,7 @@ def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
             "overwrite": True,
         },
     )
-    print(f"teacher correction: fine-tuning {teacher} for {tc.steps} steps at lr {lr:g} on the distillation data")
+    print(f"teacher correction: fine-tuning {teacher} for {steps} steps at lr {lr:g} ({warmup} warm-up steps) on the distillation data")
     return Path(pretrain(correction, run_dir / "teacher_correction").path)
 
 

@@ -36,6 +36,7 @@ from minitron.distill.losses import (
     logit_loss,
     shift_labels,
 )
+from minitron.checkpoint import layer_map
 from minitron.config import to_plain
 from minitron.errors import MinitronError
 from minitron.io import write_json
@@ -63,18 +64,37 @@ def _layer_count(model: nn.Module) -> int:
     return int(_unwrap(model).config.num_hidden_layers)
 
 
-def resolve_pairs(spec: IntermediateSpec | None, student_layers: int, teacher_layers: int) -> IntermediateSpec | None:
-    """Fill `pairs` when empty (each student layer i with teacher layer round(i * Lt / Ls)) and range-check them."""
+def resolve_pairs(
+    spec: IntermediateSpec | None,
+    student_layers: int,
+    teacher_layers: int,
+    kept_map: tuple[int, list[int]] | None = None,
+) -> IntermediateSpec | None:
+    """Fill `pairs` when empty and range-check them.
+
+    With `pairing="kept"` and `kept_map` (`minitron.checkpoint.layer_map` of the student's config) whose
+    source has the teacher's depth, each student layer is paired with the teacher layer it was pruned from: a
+    depth-pruned student's layers are those teacher layers, and even spacing would pair most of them with others
+    (e.g. Llama-3.1-Minitron 4B Depth keeps teacher layers 1-15 and 32, counted from 1). Otherwise, and with
+    `pairing="even"`, student layer i goes with teacher layer round(i * Lt / Ls).
+    """
     if spec is None:
         return None
-    pairs = spec.pairs or tuple((i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1))
+    pairs = spec.pairs
+    if not pairs and spec.pairing == "kept" and kept_map is not None and kept_map[0] == teacher_layers:
+        pairs = tuple((i + 1, source + 1) for i, source in enumerate(kept_map[1]))  # 1-based layer numbers
+    elif not pairs:
+        if spec.pairing == "kept" and kept_map is not None:
+            print(f"distill: the student's kept-layer map is for a {kept_map[0]}-layer source, the teacher has "
+                  f"{teacher_layers} layers; pairing intermediate states evenly")
+        pairs = tuple((i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1))
     for s, t in pairs:
         if s > student_layers or t > teacher_layers:
             raise MinitronError(
                 f"distill.intermediate.pairs has ({s}, {t}) but the student has {student_layers} layers and the teacher "
                 f"{teacher_layers}; layer numbers are 1-based"
             )
-    return IntermediateSpec(pairs=tuple(pairs), kind=spec.kind, weight=spec.weight)
+    return IntermediateSpec(pairs=tuple(pairs), kind=spec.kind, weight=spec.weight, pairing=spec.pairing)
 
 
 class DistillLoss:
@@ -211,7 +231,8 @@ def distill(
 
     spec = DistillLossSpec(
         logits=loss.logits,
-        intermediate=resolve_pairs(loss.intermediate, _layer_count(student), _layer_count(teacher)),
+        intermediate=resolve_pairs(loss.intermediate, _layer_count(student), _layer_count(teacher),
+                                   layer_map(_unwrap(student).config)),
         chunk_size=loss.chunk_size,
     )
     if spec.intermediate is not None:
@@ -276,7 +297,8 @@ def loss_spec(cfg: Any) -> DistillLossSpec:
         pairs = tuple(tuple(int(x) for x in p) for p in (inter.get("pairs") or ()))
         if any(len(p) != 2 for p in pairs):
             raise MinitronError("distill.intermediate.pairs must be a list of [student_layer, teacher_layer] pairs")
-        intermediate = IntermediateSpec(pairs=pairs, kind=inter["kind"], weight=inter.get("weight"))
+        intermediate = IntermediateSpec(pairs=pairs, kind=inter["kind"], weight=inter.get("weight"),
+                                        pairing=inter.get("pairing", "kept"))
     if int(d["chunk_size"]) < 0:
         raise MinitronError(f"distill.chunk_size must be >= 0 (0: full logits), got {d['chunk_size']}")
     return DistillLossSpec(logits=logits, intermediate=intermediate, chunk_size=int(d["chunk_size"]))

@@ -6,6 +6,7 @@ paper compares them with (`weight_magnitude`, `random_scores`).
     imp = score_checkpoint(path, data_cfg, cache_dir, Calibration(64, 256, 8), seed=0)   # load, pack, draw, score
     imp.save("importance.safetensors")
     Importance.load("importance.safetensors").check_model(model.config)   # before pruning with it
+    estimate(model, batches, blocks=["loss", "bi"], block_layers=16)       # + every 16-layer block (`blocks`)
 
 PNG views of a result are in `minitron.importance.plots` (kept out of this import: matplotlib is slow to load).
 """

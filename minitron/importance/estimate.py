@@ -16,6 +16,9 @@ Depth scores:
   position and the one before are unmasked) with one layer skipped, i.e. returning its input. The model is
   never edited: each batch's layer inputs are kept from the scoring pass and the layers after the skipped
   one are re-run on them, L (L - 1) / 2 layer calls and L head calls per batch on top of the scoring pass.
+- block scores (`blocks`, for blocks of `block_layers` layers; see `minitron.importance.blocks`): the LM loss
+  with a whole contiguous block skipped (`blocks_loss`) and the block's 1 - cos between its first layer's input
+  and its last layer's output (`blocks_bi`), from the same kept layer inputs.
 
 The scoring pass runs the decoder stack only (the LM head is not needed for it), under `torch.no_grad()`, in
 eval mode. Masked positions (`attention_mask == 0`, right padding) are left out of every statistic.
@@ -31,19 +34,19 @@ from functools import partial
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from minitron.errors import MinitronError
+from minitron.importance.blocks import BlockScores, check_block_options
+from minitron.importance.replay import call_layer, cosine_distance, lm_loss_sum
 from minitron.importance.aggregate import RunningScore, Tokens, check_aggregator
 from minitron.importance.scores import DEPTH_AXES, Importance, config_hash
 from minitron.models import FamilyAdapter, get_adapter
 
 BatchLike = Union[Tensor, Mapping[str, Tensor]]
 MLP_SITES: tuple[str, ...] = ("post", "pre")
-_LOGIT_ELEMENTS = 1 << 24  # rows of logits are computed in chunks of at most this many elements
 
 
 def check_options(batch_agg: str, seq_agg: str, mlp_site: str, depth: Iterable[str] | str) -> tuple[str, ...]:
@@ -135,14 +138,6 @@ class CalibrationTally:
         return self._sha.hexdigest()[:16]
 
 
-def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
-    """1 - cos(a, b) over the last dimension, in float32 (a dot product and two norms: on CPU about twice as
-    fast as `F.cosine_similarity`)."""
-    a, b = a.float(), b.float()
-    norms = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
-    return 1 - torch.linalg.vecdot(a, b) / norms.clamp_min(1e-12)
-
-
 # ---- hooks ------------------------------------------------------------------------------------------------
 class ScoreCollector:
     """Hooks that feed the running scores. Set `tokens` before each batch; `paused()` silences the hooks."""
@@ -170,6 +165,7 @@ class ScoreCollector:
         self.bi_tokens = [0] * n
         # layer index -> (input hidden states, other positional args, keyword args) of the current batch
         self.layer_inputs: dict[int, tuple[Tensor, tuple, dict[str, Any]]] = {}
+        self.last_output: Tensor | None = None  # the last layer's output of the current batch (block scores)
         self.tokens: Tokens | None = None
         self.enabled = True
 
@@ -204,6 +200,7 @@ class ScoreCollector:
             for h in handles:
                 h.remove()
             self.layer_inputs.clear()
+            self.last_output = None
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -229,8 +226,8 @@ class ScoreCollector:
         if not self.enabled:
             return
         hidden_in = args[0] if args else kwargs["hidden_states"]
+        hidden_out = output[0] if isinstance(output, tuple) else output
         if self.block_importance:
-            hidden_out = output[0] if isinstance(output, tuple) else output
             distance = cosine_distance(hidden_in, hidden_out)
             if self.tokens.mask is not None:
                 distance = torch.where(self.tokens.mask, distance, 0)
@@ -240,6 +237,8 @@ class ScoreCollector:
         if self.keep_layer_inputs:
             rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
             self.layer_inputs[i] = (hidden_in, tuple(args[1:]), rest)
+            if i == self.adapter.num_hidden_layers - 1:
+                self.last_output = hidden_out
 
     def scores(self) -> dict[str, Tensor | None]:
         """Width scores and Block Importance, float32 on the CPU."""
@@ -260,27 +259,6 @@ class ScoreCollector:
 
 
 # ---- layers_loss ------------------------------------------------------------------------------------------
-def call_layer(layer: nn.Module, hidden: Tensor, args: tuple, kwargs: dict[str, Any]) -> Tensor:
-    out = layer(hidden, *args, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def lm_loss_sum(hidden: Tensor, batch: Batch, head: Callable[[Tensor], Tensor], vocab: int) -> Tensor:
-    """Sum of the next-token cross entropies of `batch` from last-layer hidden states (float32); `head` maps
-    them to logits (final norm, LM head and whatever the family does to the logits)."""
-    h, y = hidden[:, :-1], batch.input_ids[:, 1:]
-    if batch.target_mask is None:
-        h, y = h.reshape(-1, h.shape[-1]), y.reshape(-1)
-    else:
-        h, y = h[batch.target_mask], y[batch.target_mask]
-    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-    rows = max(1, _LOGIT_ELEMENTS // vocab)
-    for start in range(0, y.shape[0], rows):
-        logits = head(h[start : start + rows])
-        total = total + F.cross_entropy(logits.float(), y[start : start + rows], reduction="sum")
-    return total
-
-
 class SkipLoss:
     """Running sums of the LM loss with each layer skipped."""
 
@@ -306,11 +284,13 @@ def build_importance(
     batch_agg: str,
     seq_agg: str,
     mlp_site: str,
+    blocks: Any = None,
 ) -> Importance:
     if tally.samples == 0:
         raise MinitronError("no calibration tokens: every batch was empty or fully masked")
     return Importance(
         **scores,
+        **({} if blocks is None else {**blocks.value(), "block_layers": blocks.block_layers}),
         layers_loss=None if skip_loss is None else skip_loss.value(),
         batch_agg=batch_agg,
         seq_agg=seq_agg,
@@ -332,16 +312,20 @@ def estimate(
     seq_agg: str = "mean",
     mlp_site: str = "post",
     depth: Iterable[str] = ("bi", "loss"),
+    blocks: Iterable[str] = (),
+    block_layers: int | None = None,
     progress: bool = True,
 ) -> Importance:
     """Score every prunable axis of `model` on the calibration `batches` (consumed once).
 
     `batches` yields `input_ids` [batch, seq] or dicts with `input_ids` and an optional `attention_mask`
     (right padding). `depth` picks the depth scores to compute, among "bi" (`layers`) and "loss"
-    (`layers_loss`); the others are None.
+    (`layers_loss`); the others are None. `blocks` picks block scores among "loss" (`blocks_loss`) and "bi"
+    (`blocks_bi`) for every contiguous block of `block_layers` layers (see `minitron.importance.blocks`).
     """
     depth = check_options(batch_agg, seq_agg, mlp_site, depth)
     adapter = get_adapter(model)
+    blocks = check_block_options(blocks, block_layers, adapter.num_hidden_layers)
     device = next(model.parameters()).device
     decoder = model.get_submodule(adapter.prefix)
     layers = adapter.layers(model)
@@ -353,9 +337,10 @@ def estimate(
         batch_agg=batch_agg,
         mlp_site=mlp_site,
         block_importance="bi" in depth,
-        keep_layer_inputs="loss" in depth,
+        keep_layer_inputs="loss" in depth or bool(blocks),
     )
     skip_loss = SkipLoss(adapter.num_hidden_layers) if "loss" in depth else None
+    block_scores = BlockScores(adapter.num_hidden_layers, block_layers, blocks) if blocks else None
     tally = CalibrationTally()
     was_training = model.training
     model.eval()
@@ -368,15 +353,20 @@ def estimate(
                 tally.add(batch)
                 collector.tokens = batch.tokens
                 decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-                if skip_loss is not None:
-                    with collector.paused():
+                with collector.paused():
+                    if skip_loss is not None:
                         _replay_skips(layers, collector.layer_inputs, head, batch, skip_loss, adapter.config.vocab_size)
-                    collector.layer_inputs.clear()
+                    if block_scores is not None:
+                        block_scores.add(layers, collector.layer_inputs, collector.last_output, head, batch,
+                                         adapter.config.vocab_size)
+                collector.layer_inputs.clear()
+                collector.last_output = None
     finally:
         model.train(was_training)
     scores = collector.scores() if tally.samples else {}
     return build_importance(
-        scores, skip_loss, tally, model.config, batch_agg=batch_agg, seq_agg=seq_agg, mlp_site=mlp_site
+        scores, skip_loss, tally, model.config, batch_agg=batch_agg, seq_agg=seq_agg, mlp_site=mlp_site,
+        blocks=block_scores,
     )
 
 

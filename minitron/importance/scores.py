@@ -1,7 +1,8 @@
 """The scores of one importance run, and their file: one safetensors file, tensors plus JSON metadata.
 
-Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, and the depth scores that were computed
-(`layers`, `layers_loss`). Every metadata value is a JSON string.
+Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, the depth scores that were computed
+(`layers`, `layers_loss`) and the block scores (`blocks_loss`, `blocks_bi`, for blocks of `block_layers` layers).
+Every metadata value is a JSON string; files without block scores read as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ FILE_KIND = "minitron-importance"
 FILE_VERSION = 1
 WIDTH_AXES: tuple[str, ...] = ("hidden", "heads", "mlp", "kv_groups")
 DEPTH_AXES: dict[str, str] = {"bi": "layers", "loss": "layers_loss"}  # `depth` option -> tensor name
+BLOCK_AXES: dict[str, str] = {"loss": "blocks_loss", "bi": "blocks_bi"}  # `blocks` option -> tensor name
 _VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
 
 
@@ -48,6 +50,8 @@ class Importance:
     kv_groups   [num_hidden_layers, num_key_value_heads]
     layers      [num_hidden_layers]  Block Importance, 1 - mean cos(layer input, layer output)
     layers_loss [num_hidden_layers]  LM loss with that one layer skipped
+    blocks_loss [num_hidden_layers - block_layers + 1]  LM loss with layers s .. s + block_layers - 1 skipped
+    blocks_bi   [num_hidden_layers - block_layers + 1]  1 - mean cos(input of layer s, output of s + block_layers - 1)
     """
 
     hidden: Tensor
@@ -64,21 +68,37 @@ class Importance:
     seq_len: int
     config_hash: str
     corpus_fingerprint: str
+    blocks_loss: Tensor | None = None
+    blocks_bi: Tensor | None = None
+    block_layers: int | None = None
 
     def __post_init__(self) -> None:
         num_layers = self.heads.shape[0]
+        has_blocks = self.blocks_loss is not None or self.blocks_bi is not None
+        if has_blocks != (self.block_layers is not None):
+            raise MinitronError("importance block scores and block_layers come together; set both or neither")
         for name, tensor in self.tensors().items():
             if tensor.dtype != torch.float32:
                 raise MinitronError(f"importance tensor '{name}' is {tensor.dtype}, expected torch.float32")
-            if name != "hidden" and tensor.shape[0] != num_layers:
+            if name in BLOCK_AXES.values():
+                if tensor.shape != (num_layers - self.block_layers + 1,):
+                    raise MinitronError(
+                        f"importance tensor '{name}' has shape {tuple(tensor.shape)}, expected one score per start of a "
+                        f"{self.block_layers}-layer block in {num_layers} layers ({num_layers - self.block_layers + 1},)"
+                    )
+            elif name != "hidden" and tensor.shape[0] != num_layers:
                 raise MinitronError(
                     f"importance tensor '{name}' has {tensor.shape[0]} layers but 'heads' has {num_layers}"
                 )
 
     def tensors(self) -> dict[str, Tensor]:
         """The scores that are present, by name."""
-        names = (*WIDTH_AXES, *DEPTH_AXES.values())
+        names = (*WIDTH_AXES, *DEPTH_AXES.values(), *BLOCK_AXES.values())
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def block_scores(self, metric: str) -> Tensor | None:
+        """The block scores of `metric` ("loss" or "bi"), by block start; None when not computed."""
+        return getattr(self, BLOCK_AXES[metric])
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -88,6 +108,8 @@ class Importance:
             "seq_agg": self.seq_agg,
             "mlp_site": self.mlp_site,
             "depth": [opt for opt, name in DEPTH_AXES.items() if getattr(self, name) is not None],
+            "blocks": [opt for opt, name in BLOCK_AXES.items() if getattr(self, name) is not None],
+            "block_layers": self.block_layers,
             "num_samples": self.num_samples,
             "num_tokens": self.num_tokens,
             "seq_len": self.seq_len,
@@ -121,6 +143,7 @@ class Importance:
         if meta.get("kind") != FILE_KIND:
             raise MinitronError(f"{path} is not a minitron importance file (metadata 'kind' is {meta.get('kind')!r})")
         expected = set(WIDTH_AXES) | {DEPTH_AXES[d] for d in meta.get("depth", [])}
+        expected |= {BLOCK_AXES[b] for b in meta.get("blocks", [])}
         if set(tensors) != expected:
             raise MinitronError(
                 f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)} (metadata depth={meta.get('depth')})"
@@ -130,6 +153,8 @@ class Importance:
             **{k: meta[k] for k in ("batch_agg", "seq_agg", "mlp_site", "num_samples", "num_tokens", "seq_len")},
             config_hash=meta["config_hash"],
             corpus_fingerprint=meta["corpus_fingerprint"],
+            **{name: tensors.get(name) for name in BLOCK_AXES.values()},
+            block_layers=meta.get("block_layers"),
         )
 
     def check_model(self, config: PretrainedConfig) -> None:
@@ -144,6 +169,9 @@ class Importance:
             "layers": (a.num_hidden_layers,),
             "layers_loss": (a.num_hidden_layers,),
         }
+        if self.block_layers is not None:
+            for name in BLOCK_AXES.values():
+                expected[name] = (a.num_hidden_layers - self.block_layers + 1,)
         for name, tensor in self.tensors().items():
             if tuple(tensor.shape) != expected[name]:
                 raise MinitronError(

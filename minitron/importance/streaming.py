@@ -45,11 +45,10 @@ from minitron.importance.estimate import (
     ScoreCollector,
     SkipLoss,
     build_importance,
-    call_layer,
     check_options,
-    lm_loss_sum,
     prepare_batch,
 )
+from minitron.importance.replay import call_layer, lm_loss_sum
 from minitron.importance.scores import Importance
 from minitron.models import get_adapter
 

@@ -65,6 +65,8 @@ def dry_run(config: PretrainedConfig, target: Target | Any) -> dict[str, Any]:
         "source_non_embedding_parameters": source.num_parameters() - embedding(source),
         "pruned_non_embedding_parameters": after.num_parameters() - embedding(after),
         "drop_layers": None if target.drop_layers is None else list(target.drop_layers),
+        "keep_layers": None if target.drop_layers is None else target.keep_layers(config, None),
+        "depth_metric": target.depth_metric,
         "config": pruned,
     }
 
@@ -83,6 +85,17 @@ def format_report(report: dict[str, Any]) -> str:
         f"{'non-embedding':<{width}}  {report['source_non_embedding_parameters']:>{col},}  "
         f"{report['pruned_non_embedding_parameters']:>{col},}"
     )
-    if report.get("drop_layers"):
-        lines.append(f"dropped layers: {report['drop_layers']}")
+    lines += layer_lines(src["num_hidden_layers"], new["num_hidden_layers"], report.get("drop_layers"),
+                         report.get("depth_metric"))
     return "\n".join(lines)
+
+
+def layer_lines(source_layers: int, pruned_layers: int, drop_layers: list[int] | None, depth_metric: str | None) -> list[str]:
+    """The kept and dropped layers (0-based) of a depth target, or which scores will choose them."""
+    if drop_layers:
+        keep = [i for i in range(source_layers) if i not in set(drop_layers)]
+        return [f"kept layers (from 0): {keep}", f"dropped layers (from 0): {list(drop_layers)}"]
+    if pruned_layers != source_layers:
+        by = f"depth_metric={depth_metric}" if depth_metric else "the depth metric"
+        return [f"layers: {pruned_layers} of {source_layers} kept, chosen by {by} from the importance scores"]
+    return []

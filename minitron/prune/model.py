@@ -23,8 +23,8 @@ def prune(model: PreTrainedModel, importance: Importance | None, target: Target 
 
     `target` is a `Target` or a mapping of its fields: any of `hidden_size`, `intermediate_size`,
     `num_attention_heads`, `num_key_value_heads`, `num_hidden_layers` (integers, or fractions in (0, 1]),
-    `drop_layers`, `depth_metric` (bi | loss | contiguous) and `fold_heads`. `importance` may be None when only
-    explicit `drop_layers` are given.
+    `drop_layers`, `depth_metric` (bi | loss | contiguous), `block_metric` (loss | bi | sum: how `contiguous` ranks
+    blocks) and `fold_heads`. `importance` may be None when only explicit `drop_layers` are given.
     """
     plan = make_plan(model.config, importance, target)
     return build_pruned(model, plan)

@@ -41,7 +41,9 @@ class Candidate:
         return Shape(**{k: getattr(self, k) for k in SIZE_FIELDS})
 
     def target(self, depth_metric: str = "bi") -> Target:
-        return Target(**self.shape.as_dict(), depth_metric=depth_metric, name=self.label)
+        # Candidates of many depths share one scores file, and block scores exist for one block length only, so a
+        # contiguous window is ranked here by the sum of its single-layer scores.
+        return Target(**self.shape.as_dict(), depth_metric=depth_metric, block_metric="sum", name=self.label)
 
     @property
     def label(self) -> str:

@@ -4,6 +4,10 @@ A size is either an absolute integer (`hidden_size: 4096`) or a fraction of the 
 (`intermediate_size: 0.5` keeps half of the MLP neurons); null keeps the axis whole. Depth is set by
 `num_hidden_layers` (which layers go is decided by `depth_metric` from the importance scores) or by an explicit
 `drop_layers` list. Every check raises a one-line `MinitronError` that names the field.
+
+Layer indices count from 0, like the `model.layers.N` keys of a Hugging Face checkpoint. NVIDIA's tools count
+from 1 (NeMo's `PruningConfig.drop_layers`, Model Optimizer's `drop_mcore_language_model_layers`), so their
+`drop_layers=[16, ..., 31]` for Llama-3.1-Minitron 4B Depth is `drop_layers=[15, ..., 30]` here.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
 
+from minitron.checkpoint import LAYER_MAP
 from minitron.config import to_plain
 from minitron.errors import MinitronError
 from minitron.models import get_adapter
@@ -31,6 +36,9 @@ SIZE_FIELDS: tuple[str, ...] = (
     "num_key_value_heads",
 )
 DEPTH_METRICS: tuple[str, ...] = ("bi", "loss", "contiguous")
+# How `contiguous` ranks the blocks: by block scores ("loss": LM loss with the block skipped, "bi": 1 - cos across
+# the block; see minitron.importance.blocks) or by the sum of the block's single-layer scores ("sum").
+BLOCK_METRICS: tuple[str, ...] = ("loss", "bi", "sum")
 _DEPTH_SCORES = {"bi": "layers", "loss": "layers_loss"}
 
 
@@ -63,6 +71,14 @@ class Shape:
 class Target:
     """What to keep. Sizes: int (absolute), float in (0, 1] (fraction of the source) or None (keep all).
 
+    `drop_layers` lists 0-based layer indices (layer i is the checkpoint's `model.layers.i`).
+
+    `depth_metric=contiguous` drops the best block of consecutive layers as ranked by `block_metric`:
+    `loss` (default) drops the block whose removal raises the LM loss least, the closest forward-only stand-in for
+    the 2408 paper's choice by accuracy with the block removed (arXiv 2408.11796); `bi` drops the block whose
+    output is closest in cosine to its input (ShortGPT, arXiv 2403.03853; Gromov et al., arXiv 2403.17887), one
+    forward pass; `sum` drops the block with the smallest sum of single-layer scores (`layers`, else `layers_loss`).
+
     `name` and `source` (the model the target was written for) only label it and improve error messages.
     """
 
@@ -73,6 +89,7 @@ class Target:
     num_key_value_heads: int | float | None = None
     drop_layers: tuple[int, ...] | None = None
     depth_metric: str = "bi"
+    block_metric: str = "loss"
     fold_heads: bool = False
     name: str | None = None
     source: str | None = field(default=None, compare=False)
@@ -94,7 +111,7 @@ class Target:
         if self.drop_layers is not None:
             drops = self.drop_layers
             if isinstance(drops, (str, bytes)) or not isinstance(drops, Sequence):
-                raise MinitronError(f"target.drop_layers={drops!r} must be a list of layer indices, e.g. [16, 17]")
+                raise MinitronError(f"target.drop_layers={drops!r} must be a list of 0-based layer indices, e.g. [15, 16]")
             if any(isinstance(i, bool) or not isinstance(i, int) for i in drops):
                 raise MinitronError(f"target.drop_layers={list(drops)} must hold integer layer indices")
             if len(set(drops)) != len(drops):
@@ -103,6 +120,10 @@ class Target:
         if self.depth_metric not in DEPTH_METRICS:
             raise MinitronError(
                 f"target.depth_metric='{self.depth_metric}' is not a depth metric; expected one of {', '.join(DEPTH_METRICS)}"
+            )
+        if self.block_metric not in BLOCK_METRICS:
+            raise MinitronError(
+                f"target.block_metric='{self.block_metric}' is not a block metric; expected one of {', '.join(BLOCK_METRICS)}"
             )
         if not isinstance(self.fold_heads, bool):
             raise MinitronError(f"target.fold_heads={self.fold_heads!r} must be true or false")
@@ -217,6 +238,9 @@ class Target:
         for name in adapter.per_layer_config_fields:
             if isinstance(values.get(name), list):
                 values[name] = [values[name][i] for i in keep]
+        if keep_layers is not None and keep != list(range(adapter.num_hidden_layers)):
+            # relative to this source; a width-only prune keeps the source's own map, if any, since layers are unchanged
+            values[LAYER_MAP] = {"source_num_hidden_layers": adapter.num_hidden_layers, "source_layers": keep}
         try:
             new = type(config)(**values)
         except (ValueError, TypeError, StrictDataclassError) as e:  # the config class's own validators
@@ -239,36 +263,62 @@ class Target:
         drop = total - shape.num_hidden_layers
         if drop == 0:
             return list(range(total))
-        scores = self._depth_scores(importance)
         if self.depth_metric == "contiguous":
-            sums = [float(scores[s : s + drop].sum()) for s in range(total - drop + 1)]
+            per_block = self._block_scores(importance, drop)
             # The least important block; on a tie the later one (the last layers are the usual first candidates).
-            start = min(range(len(sums)), key=lambda s: (sums[s], -s))
+            start = min(range(len(per_block)), key=lambda s: (per_block[s], -s))
             dropped = set(range(start, start + drop))
         else:
+            scores = self._depth_scores(importance)
             order = torch.argsort(scores, stable=True)
             dropped = {int(i) for i in order[:drop]}
         return [i for i in range(total) if i not in dropped]
 
-    def _depth_scores(self, importance: Importance | None):
-        if importance is None:
-            raise MinitronError(
-                "target.num_hidden_layers needs depth scores to choose the layers to drop; pass a scores file "
-                "or list the layers in target.drop_layers"
-            )
-        if self.depth_metric == "contiguous":
+    def importance_options(self, config: PretrainedConfig) -> dict[str, Any]:
+        """The `minitron.importance.estimate` options (`depth`, `blocks`, `block_layers`) that give this target
+        the scores it needs on a model of `config`; block scores are per block length, which only the target knows."""
+        depth = list(depth_scores_for(self.depth_metric))
+        drop = get_adapter(config).num_hidden_layers - self.shape(config).num_hidden_layers
+        if self.depth_metric == "contiguous" and self.drop_layers is None and drop and self.block_metric != "sum":
+            return {"depth": depth, "blocks": [self.block_metric], "block_layers": drop}
+        return {"depth": depth}
+
+    def _block_scores(self, importance: Importance | None, drop: int) -> list[float]:
+        """One score per start of a `drop`-layer block, lower = less important."""
+        importance = _require_scores(importance)
+        if self.block_metric == "sum":
             scores = importance.layers if importance.layers is not None else importance.layers_loss
             if scores is None:
                 raise MinitronError(
-                    "target.depth_metric=contiguous needs per-layer scores (`layers` or `layers_loss`) but the scores "
+                    "target.block_metric=sum needs per-layer scores (`layers` or `layers_loss`) but the scores "
                     "file has none; re-run `minitron score` with a depth score, or set target.drop_layers"
                 )
-            return scores
+            return [float(scores[s : s + drop].sum()) for s in range(len(scores) - drop + 1)]
+        scores = importance.block_scores(self.block_metric)
+        if scores is None or importance.block_layers != drop:
+            has = "none" if scores is None else f"blocks of {importance.block_layers} layers"
+            raise MinitronError(
+                f"target.block_metric={self.block_metric} needs block scores for blocks of {drop} layers but the scores "
+                f"have {has}; score with blocks=['{self.block_metric}'] block_layers={drop} (`minitron prune` without "
+                f"scores= does) or set target.block_metric=sum"
+            )
+        return [float(x) for x in scores]
+
+    def _depth_scores(self, importance: Importance | None):
         name = _DEPTH_SCORES[self.depth_metric]
-        scores = getattr(importance, name)
+        scores = getattr(_require_scores(importance), name)
         if scores is None:
             raise MinitronError(
                 f"target.depth_metric={self.depth_metric} needs the `{name}` scores but the scores file has none; "
                 f"re-run `minitron score` with the '{self.depth_metric}' depth score or pick another target.depth_metric"
             )
         return scores
+
+
+def _require_scores(importance: Importance | None) -> Importance:
+    if importance is None:
+        raise MinitronError(
+            "target.num_hidden_layers needs depth scores to choose the layers to drop; pass a scores file "
+            "or list the layers in target.drop_layers"
+        )
+    return importance

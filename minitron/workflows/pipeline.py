@@ -32,6 +32,7 @@ from minitron.importance.plots import plot_importance
 from minitron.io import write_json, write_text
 from minitron.prune import prune as prune_model
 from minitron.prune.dry_run import config_from_arch, dry_run
+from minitron.prune.target import Target
 from minitron.ranks import rank, world_size
 from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
 from minitron.train.settings import TrainSettings
@@ -101,6 +102,8 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
 
 
 def format_plan(p: dict[str, Any]) -> str:
+    from minitron.prune.dry_run import layer_lines
+
     src, new = p["source_shape"], p["pruned_shape"]
     width = max(map(len, src))
     lines = [f"pipeline plan: {p['teacher']} -> target {p['target']}", "",
@@ -108,8 +111,7 @@ def format_plan(p: dict[str, Any]) -> str:
     lines += [f"{k:<{width}}  {src[k]:>15,}  {new[k]:>15,}" for k in src]
     lines.append(f"{'parameters':<{width}}  {p['source_parameters']:>15,}  {p['pruned_parameters']:>15,}  "
                  f"({p['pruned_parameters'] / p['source_parameters']:.1%})")
-    if p["drop_layers"]:
-        lines.append(f"dropped layers: {p['drop_layers']}")
+    lines += layer_lines(src["num_hidden_layers"], new["num_hidden_layers"], p["drop_layers"], p.get("depth_metric"))
     lines += ["",
               f"importance: {p['calibration_samples']:,} calibration samples",
               f"retraining: {p['loss']}, {p['steps']:,} steps x {p['tokens_per_step']:,} tokens "
@@ -143,9 +145,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     def importance() -> dict[str, Any]:
         calib = Calibration.from_config(cfg.calib, cfg.data.seq_len)
+        # the depth scores asked for, and whatever else the target needs (block scores for a contiguous cut)
+        needed = Target.from_mapping(to_plain(cfg.target)).importance_options(model.config)
+        depth = tuple(dict.fromkeys([*cfg.importance.depth, *needed.pop("depth")]))
         scores = score_model(model, data["train"], calib, seed=cfg.seed, batch_agg=cfg.importance.batch_agg,
-                             seq_agg=cfg.importance.seq_agg, mlp_site=cfg.importance.mlp_site,
-                             depth=tuple(cfg.importance.depth))
+                             seq_agg=cfg.importance.seq_agg, mlp_site=cfg.importance.mlp_site, depth=depth, **needed)
         scores.save(run_dir / SCORES_FILE)
         plots = plot_importance(scores, run_dir / "plots")
         return {"path": str(run_dir / SCORES_FILE), "samples": scores.num_samples,

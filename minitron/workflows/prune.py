@@ -18,7 +18,7 @@ from minitron.io import write_json
 from minitron.models import get_adapter
 from minitron.prune import build_pruned, make_plan, prune_checkpoint_streaming
 from minitron.prune.dry_run import source_config
-from minitron.prune.target import Shape, Target, depth_scores_for
+from minitron.prune.target import Shape, Target
 from minitron.train.pretrain import teacher_path
 
 
@@ -45,11 +45,12 @@ def given_scores(cfg: DictConfig, config: PretrainedConfig) -> Importance | None
     return importance
 
 
-def compute_scores(cfg: DictConfig, teacher: Path, run_dir: Path, *, depth_metric: str) -> Importance:
-    """The teacher's importance on `cfg.calib` blocks of `cfg.data`, saved into the run folder."""
+def compute_scores(cfg: DictConfig, teacher: Path, run_dir: Path, **options: Any) -> Importance:
+    """The teacher's importance on `cfg.calib` blocks of `cfg.data`, saved into the run folder; `options` are
+    `estimate`'s (the depth and block scores a target needs: `Target.importance_options`)."""
     calib = Calibration.from_config(cfg.calib, cfg.data.seq_len)
     importance = score_checkpoint(teacher, cfg.data, cfg.cache_dir, calib, seed=int(cfg.seed),
-                                  trust_remote_code=bool(cfg.model.trust_remote_code), depth=depth_scores_for(depth_metric))
+                                  trust_remote_code=bool(cfg.model.trust_remote_code), **options)
     importance.save(run_dir / SCORES_FILE)
     return importance
 
@@ -73,7 +74,7 @@ def prune_teacher(cfg: DictConfig, target: Target, run_dir: Path) -> dict[str, A
     target.shape(config)  # an impossible target fails here, before any score or weight is computed
     importance = given_scores(cfg, config)
     if importance is None and scores_needed(target, config):
-        importance = compute_scores(cfg, teacher, run_dir, depth_metric=target.depth_metric)
+        importance = compute_scores(cfg, teacher, run_dir, **target.importance_options(config))
     make_plan(config, importance, target)  # every remaining check, still before anything is written
 
     trust = bool(cfg.model.trust_remote_code)

@@ -245,7 +245,7 @@ def run_search(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         scores_key = _scores_key(cfg, teacher, list(depth_scores_for(s.depth_metric)))
         importance = _earlier_scores(run_dir / SCORES_FILE, scores_key, config) if resume else None
         if importance is None:
-            importance = compute_scores(cfg, teacher, run_dir, depth_metric=s.depth_metric)
+            importance = compute_scores(cfg, teacher, run_dir, depth=depth_scores_for(s.depth_metric))
             write_json((run_dir / SCORES_FILE).with_suffix(".json"), {"key": scores_key})
     model, tokenizer = load_checkpoint(teacher, dtype="float32", trust_remote_code=bool(cfg.model.trust_remote_code))
     data = packed_data(cfg.data, cfg.cache_dir, tokenizer)

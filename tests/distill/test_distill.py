@@ -104,14 +104,19 @@ def test_teacher_correction_fine_tunes_and_saves_the_teacher_first(tiny_teacher,
     teacher, cache = tiny_teacher
     student = make_student(teacher, tmp_path / "s", num_hidden_layers=1)
     run_dir = tmp_path / "run"
+    # the correction has its own peak LR and warm-up, unlike the distillation's (lr 1e-3, 1 warm-up step)
     result = run(distill_cfg(teacher, cache, student, "train.max_steps=2", "train.save_steps=0",
-                             "teacher_correction.steps=2"), run_dir=run_dir)
+                             "teacher_correction.steps=4", "teacher_correction.lr=4e-4",
+                             "teacher_correction.warmup_steps=2"), run_dir=run_dir)
     corrected = run_dir / "teacher_corrected"
     assert AutoModelForCausalLM.from_pretrained(corrected).config.num_hidden_layers == 2
     before, after = load_file(str(teacher / "model.safetensors")), load_file(str(corrected / "model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
     lrs = [r["learning_rate"] for r in _records(run_dir / "teacher_correction") if "learning_rate" in r]
-    assert max(lrs) == pytest.approx(1e-3 / 5)  # 1/5 of the distillation peak LR by default
+    # the LR each step used: linear warm-up over 2 steps to the correction's peak, then the decay
+    assert len(lrs) == 4 and lrs[:3] == pytest.approx([0.0, 4e-4 / 2, 4e-4]) and 0 < lrs[3] < 4e-4
+    distill_lrs = [r["learning_rate"] for r in _records(run_dir) if "learning_rate" in r]
+    assert distill_lrs == pytest.approx([0.0, 1e-3])  # the student's own schedule (1 warm-up step) is untouched
     # the student was distilled from the corrected teacher: the teacher loss it reports is the corrected one's
     from minitron.data.calibration import packed_data
     from minitron.train.trainer import lm_loss
@@ -121,6 +126,35 @@ def test_teacher_correction_fine_tunes_and_saves_the_teacher_first(tiny_teacher,
     expected = lm_loss(AutoModelForCausalLM.from_pretrained(corrected), data["validation"],
                        batch_size=int(cfg.train.batch_size), max_batches=cfg.train.eval_batches)
     assert result.teacher_val_loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["teacher_correction.lr=null"], "teacher_correction.lr is not set; set it to 1/5 of the teacher's original"),
+        (["teacher_correction.lr=-1"], "teacher_correction.lr=-1 must be a positive learning rate"),
+        (["teacher_correction.warmup_steps=null"], "teacher_correction.warmup_steps=None must be an integer >= 0"),
+    ],
+)
+def test_teacher_correction_settings_are_checked_before_training(tiny_teacher, tmp_path, overrides, message):
+    teacher, cache = tiny_teacher
+    student = make_student(teacher, tmp_path / "s", num_hidden_layers=1)
+    with pytest.raises(MinitronError, match=message):
+        run(distill_cfg(teacher, cache, student, "teacher_correction.steps=2", *overrides), run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "teacher_correction").exists()
+
+
+def test_recipes_carry_the_papers_teacher_correction_settings():
+    from minitron.config import compose
+
+    corrected = compose("pipeline", ["recipe=mistral_nemo_minitron_8b_corrected"]).teacher_correction
+    assert corrected.steps == 10596 and corrected.warmup_steps == 120
+    assert corrected.lr is None  # 1/5 of a peak Mistral AI has not published: the run must set it
+    for name in ("llama31_minitron_4b_width", "llama31_minitron_4b_depth"):
+        tc = compose("pipeline", [f"recipe={name}"]).teacher_correction
+        assert (tc.lr, tc.warmup_steps) == (pytest.approx(3e-4 / 5), 120)
+    assert compose("distill").teacher_correction.lr == compose("pipeline").teacher_correction.lr == pytest.approx(
+        compose("pretrain").train.lr / 5)  # the embedded teacher: 1/5 of its own pretraining peak
 
 
 def test_every_shipped_loss_preset_and_deepspeed_config_composes(tiny_teacher):
@@ -185,3 +219,59 @@ def test_gradient_accumulation_gives_the_same_losses_as_one_big_batch(tmp_path):
         losses[accum] = [v for r in _records(run_dir) if "loss" in r for v in (r["loss"], r["grad_norm"])]
     assert len(losses[1]) == 6
     assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_intermediate_pairs_follow_the_kept_layer_map():
+    from minitron.distill.losses import IntermediateSpec
+    from minitron.distill.trainer import resolve_pairs
+
+    nvidia = (32, [*range(15), 31])  # Llama-3.1-Minitron 4B Depth: teacher layers 0-14 and 31 (from 0)
+    kept = resolve_pairs(IntermediateSpec(), 16, 32, nvidia).pairs
+    assert kept == tuple((i, i) for i in range(1, 16)) + ((16, 32),)  # 1-based layer numbers
+    even = tuple((i, 2 * i) for i in range(1, 17))
+    assert resolve_pairs(IntermediateSpec(pairing="even"), 16, 32, nvidia).pairs == even
+    assert resolve_pairs(IntermediateSpec(), 16, 32, None).pairs == even  # no map: evenly spaced
+    assert resolve_pairs(IntermediateSpec(), 16, 24, nvidia).pairs[-1] == (16, 24)  # a map for another teacher depth
+    assert resolve_pairs(IntermediateSpec(pairs=((2, 5),)), 16, 32, nvidia).pairs == ((2, 5),)  # explicit pairs win
+    with pytest.raises(MinitronError, match="distill.intermediate.pairing='odd' is unknown"):
+        IntermediateSpec(pairing="odd")
+
+
+def test_a_malformed_kept_layer_map_fails_in_one_line():
+    from transformers import LlamaConfig
+
+    from minitron.checkpoint import layer_map
+
+    config = LlamaConfig(num_hidden_layers=2, minitron_layer_map={"source_num_hidden_layers": 4, "source_layers": [0, 7]})
+    with pytest.raises(MinitronError, match="lists 2 source layers of 4 for a model of 2 layers"):
+        layer_map(config)
+    config.minitron_layer_map = {"source_layers": [0, 1]}
+    with pytest.raises(MinitronError, match="is not a kept-layer map"):
+        layer_map(config)
+    assert layer_map(LlamaConfig(num_hidden_layers=2)) is None
+
+
+@pytest.mark.parametrize("pairing, expected", [("kept", ((1, 1),)), ("even", ((1, 2),))])
+def test_distilling_a_depth_pruned_student_pairs_by_its_recorded_layers(tiny_teacher, tmp_path, monkeypatch, pairing, expected):
+    """The student keeps teacher layer 0 of 2: by default its one layer is matched with teacher layer 1 (1-based),
+    the one it was; evenly spaced pairing would match it with the teacher's last layer."""
+    import minitron.distill.trainer as trainer
+    from minitron.prune import prune
+    from minitron.checkpoint import save_checkpoint
+
+    teacher, cache = tiny_teacher
+    model = AutoModelForCausalLM.from_pretrained(teacher)
+    student = save_checkpoint(prune(model, None, {"drop_layers": [1]}), AutoTokenizer.from_pretrained(teacher),
+                              tmp_path / "student")
+    seen = []
+    real = trainer.DistillLoss
+
+    class Recording(real):
+        def __init__(self, teacher, spec, **kw):
+            seen.append(spec.intermediate.pairs)
+            super().__init__(teacher, spec, **kw)
+
+    monkeypatch.setattr(trainer, "DistillLoss", Recording)
+    run(distill_cfg(teacher, cache, student, "distill=kl_is", f"distill.intermediate.pairing={pairing}",
+                    "train.max_steps=1", "train.save_steps=0"), run_dir=tmp_path / "run")
+    assert seen == [expected]

@@ -183,3 +183,26 @@ def test_streaming_holds_one_tensor_at_a_time(teacher_dir, tmp_path, monkeypatch
     monkeypatch.setattr(PrunePlan, "apply", tracking_apply)
     prune_checkpoint_streaming(teacher_dir, fake_importance(model), TARGET, tmp_path / "out", max_shard_size="20KB")
     assert len(held) == len(folder_tensors(tmp_path / "out")) and max(held) == 0
+
+
+def test_depth_prune_records_the_kept_layer_map_in_config_json(teacher, tmp_path):
+    """Which teacher layer each kept layer is travels in config.json (an attribute stock transformers keeps), from
+    the in-memory and the streaming export alike; width-only pruning records nothing."""
+    from minitron.prune import make_plan
+    from minitron.checkpoint import LAYER_MAP, layer_map
+
+    model, tokenizer, imp = teacher
+    keep = make_plan(model.config, imp, TARGET).keep_layers
+    assert len(keep) == 1
+    memory = save_checkpoint(prune(model, imp, TARGET), tokenizer, tmp_path / "memory")
+    source = tmp_path / "teacher"
+    model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    prune_checkpoint_streaming(source, imp, TARGET, tmp_path / "stream")
+    expected = {"source_num_hidden_layers": 2, "source_layers": keep}
+    for folder in (memory, tmp_path / "stream"):
+        assert config_json(folder)[LAYER_MAP] == expected
+        loaded = AutoModelForCausalLM.from_pretrained(folder)  # stock loading, no code of ours
+        assert layer_map(loaded.config) == (2, keep)
+    width = save_checkpoint(prune(model, imp, {"hidden_size": 24}), tokenizer, tmp_path / "width")
+    assert LAYER_MAP not in config_json(width)

@@ -124,7 +124,11 @@ def test_depth_contiguous_block_and_explicit_drops():
     imp = fake_importance(model)
     imp.layers = torch.tensor([0.9, 0.1, 0.8, 0.05, 0.5, 0.7])  # lowest: 3, 1; lowest pair: 3-4
     assert make_plan(model.config, imp, {"num_hidden_layers": 4, "depth_metric": "bi"}).keep_layers == [0, 2, 4, 5]
-    assert make_plan(model.config, imp, {"num_hidden_layers": 4, "depth_metric": "contiguous"}).keep_layers == [0, 1, 2, 5]
+    sums = {"num_hidden_layers": 4, "depth_metric": "contiguous", "block_metric": "sum"}
+    assert make_plan(model.config, imp, sums).keep_layers == [0, 1, 2, 5]
+    imp.layers = None  # without BI the sum falls back to the skip-one-layer losses
+    imp.layers_loss = torch.tensor([0.1, 0.9, 0.8, 0.7, 0.05, 0.06])  # lowest pair: 4-5
+    assert make_plan(model.config, imp, sums).keep_layers == [0, 1, 2, 3]
     pruned = prune(model, None, {"drop_layers": [1, 3]})  # explicit drops need no scores
     assert pruned.config.num_hidden_layers == 4
     assert torch.equal(pruned.state_dict()["model.layers.1.self_attn.q_proj.weight"],

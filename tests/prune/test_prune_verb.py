@@ -68,10 +68,27 @@ def test_depth_metric_override_picks_the_layer_from_the_scores(pruned_run, teach
     scores = run_dir / "importance.safetensors"
     report = run(compose("prune", [f"teacher={teacher_dir}", f"scores={scores}", "target.hidden_size=null",
                                    "target.intermediate_size=null", "target.num_attention_heads=null",
-                                   "target.num_hidden_layers=1", "depth_metric=contiguous", *DATA]), run_dir=tmp_path)
+                                   "target.num_hidden_layers=1", "depth_metric=contiguous", "target.block_metric=sum",
+                                   *DATA]), run_dir=tmp_path)
     layers = Importance.load(scores).layers
     assert report["target"]["depth_metric"] == "contiguous"
     assert report["dropped_layers"] == [int(torch.argmin(layers))]
+
+
+def test_contiguous_prune_computes_block_scores_for_the_target_block_length(teacher_dir, tmp_path):
+    """Without a scores file, `contiguous` asks importance for the LM loss with each 1-layer block skipped and
+    drops the block whose loss is lowest; a scores file without block scores is refused in one line."""
+    shape = ["target.hidden_size=null", "target.intermediate_size=null", "target.num_attention_heads=null",
+             "target.num_hidden_layers=1", "depth_metric=contiguous", *DATA]
+    report = run(compose("prune", [f"teacher={teacher_dir}", *shape]), run_dir=tmp_path / "a")
+    imp = Importance.load(tmp_path / "a" / "importance.safetensors")
+    assert imp.block_layers == 1 and imp.blocks_loss is not None and imp.blocks_bi is None
+    assert report["dropped_layers"] == [int(torch.argmin(imp.blocks_loss))]
+    plain = tmp_path / "plain.safetensors"
+    imp.blocks_loss, imp.block_layers = None, None
+    imp.save(plain)
+    with pytest.raises(MinitronError, match="target.block_metric=loss needs block scores for blocks of 1 layers"):
+        run(compose("prune", [f"teacher={teacher_dir}", f"scores={plain}", *shape]), run_dir=tmp_path / "b")
 
 
 def test_depth_only_target_needs_no_scores(teacher_dir, tmp_path):

@@ -106,3 +106,41 @@ def test_tiny_target_on_a_model_of_the_default_teachers_shape():
     assert pruned.num_parameters() == 2_436_192
     with torch.no_grad():
         assert pruned(torch.tensor([[1, 2, 3, 4]])).logits.shape == (1, 4, 4096)
+
+
+def test_llama_depth_target_keeps_nvidias_layers_by_weight():
+    """NVIDIA's Llama-3.1-Minitron 4B Depth drops layers 16-31 counted from 1 and keeps 1-15 and 32 (NeMo tutorial
+    llm/llama/pruning-distillation, 03_pruning): counted from 0, the pruned model's layers are the teacher's 0-14
+    and 31. A 32-layer tiny Llama pruned with the shipped target must hold exactly those layers' weights."""
+    import torch
+
+    from minitron.models.tiny import tiny_model
+    from minitron.prune import prune
+
+    cfg = compose("prune", ["target=llama31_minitron_4b_depth"])
+    teacher = tiny_model("llama", seed=3, num_hidden_layers=32, hidden_size=16, intermediate_size=32, head_dim=4)
+    student = prune(teacher, None, cfg.target)
+    expected = [*range(15), 31]
+    assert student.config.num_hidden_layers == len(expected) == 16
+    t, s = teacher.state_dict(), student.state_dict()
+    for new, old in enumerate(expected):
+        for name in ("self_attn.q_proj.weight", "self_attn.o_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight"):
+            assert torch.equal(s[f"model.layers.{new}.{name}"], t[f"model.layers.{old}.{name}"]), (new, old, name)
+    # every teacher layer's weights are distinct, so no other assignment could pass the loop above
+    assert not torch.equal(t["model.layers.30.self_attn.q_proj.weight"], t["model.layers.31.self_attn.q_proj.weight"])
+
+
+def test_dry_runs_print_kept_and_dropped_layers(tmp_path, capsys):
+    from minitron.workflows.pipeline import format_plan, plan
+
+    run(compose("prune", ["target=llama31_minitron_4b_depth", "dry_run=true"]), run_dir=tmp_path / "prune")
+    printed = capsys.readouterr().out
+    kept = f"kept layers (from 0): {[*range(15), 31]}"
+    dropped = f"dropped layers (from 0): {list(range(15, 31))}"
+    assert kept in printed and dropped in printed
+    report = json.loads((tmp_path / "prune" / "dry_run.json").read_text())
+    assert report["keep_layers"] == [*range(15), 31] and report["drop_layers"] == list(range(15, 31))
+    text = format_plan(plan(compose("pipeline", ["recipe=llama31_minitron_4b_depth", "dry_run=true"])))
+    assert kept in text and dropped in text
+    chosen = format_plan(plan(compose("pipeline", ["recipe=tiny_depth", "dry_run=true"])))
+    assert "layers: 2 of 4 kept, chosen by" in chosen
