@@ -74,7 +74,7 @@ def cell_specs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     shape = lambda name: dict(to_plain(cfg.shapes[name]))  # noqa: E731
     calib, train, steps = to_plain(cfg.calib), to_plain(cfg.train), int(cfg.budget.steps)
     evals = {"eval_batches": int(cfg.eval_batches), "eval_batch_size": int(cfg.eval_batch_size), "seq_len": int(cfg.data.seq_len)}
-    specs: dict[str, dict[str, Any]] = {}
+    specs: dict[str, dict[str, Any]] = {"teacher": {"study": "teacher", **evals}}
     for criterion in [f"{b}-{q}" for b in AGGREGATORS for q in AGGREGATORS] + ["magnitude", "random"]:
         spec = {"study": "criteria", "criterion": criterion, "shape": shape("width"), **evals}
         if criterion not in ("magnitude", "random"):
@@ -124,6 +124,11 @@ def _activation_scores(ctx: Context, model, *, batch_agg: str = "l2", seq_agg: s
     calib = Calibration.from_config(ctx.cfg.calib, ctx.cfg.data.seq_len)
     return score_model(model, ctx.data["train"], calib, seed=ctx.seed, batch_agg=batch_agg, seq_agg=seq_agg,
                        depth=("bi",), progress=False)
+
+
+def teacher_cell(ctx: Context) -> dict[str, Any]:
+    """The teacher's validation loss on the students' blocks (the pretraining summary's is on other blocks)."""
+    return run_cell(ctx, "teacher", lambda spec: {"val_loss": ctx.val_loss(ctx.load_teacher())})
 
 
 def criterion_cell(ctx: Context, criterion: str) -> dict[str, Any]:

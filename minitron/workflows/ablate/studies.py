@@ -26,6 +26,7 @@ from minitron.workflows.ablate.cells import (
     iterative_cell,
     load_cells,
     scratch_cell,
+    teacher_cell,
     teacher_key,
 )
 from minitron.workflows.ablate.page import write_results
@@ -82,6 +83,7 @@ def run_ablate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary = {**summary, "path": str(teacher)}
         ctx = make_context(cfg, teacher, summary, results)
         write_json(teacher_file, summary)
+        teacher_cell(ctx)
         for study in STUDIES if cfg.study == "all" else (cfg.study,):
             run_study(ctx, study)
     if not teacher_file.is_file():
