@@ -18,7 +18,14 @@ from omegaconf import DictConfig
 
 from minitron.config import to_plain
 from minitron.io import atomic_path, write_text
-from minitron.workflows.ablate.cells import AGGREGATORS, LOSSES, PAPER_BEST_AGGREGATION, SHAPES, fmt_loss
+from minitron.workflows.ablate.cells import (
+    AGGREGATORS,
+    LOSSES,
+    PAPER_BEST_AGGREGATION,
+    SCORING_STEPS,
+    SHAPES,
+    fmt_loss,
+)
 from minitron.workflows.ablate.stats import ALPHA, Comparison, Summary
 
 
@@ -147,6 +154,7 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
     L += _losses_section(cells)
     L += _scratch_section(cells, tokens)
     L += _iterative_section(cells, shapes)
+    L += _depth_section(cells, shapes)
     write_text(out, "\n".join(L) + "\n")
     return out
 
@@ -309,22 +317,76 @@ def _scratch_section(cells: dict, tokens: int) -> list[str]:
 
 
 def _iterative_section(cells: dict, shapes: dict) -> list[str]:
-    if "iterative-kl" not in cells:
+    names = ("iterative-kl", "chain-kl", *(f"steps-{k}" for k in SCORING_STEPS))
+    if not any(n in cells for n in names):
         return []
+    mid = _shape_text(shapes["iterative_mid"])
     L = ["## 5. One-shot vs iterative pruning", "",
-         f"One shot: teacher -> width shape, then the whole budget. Two steps: teacher -> {_shape_text(shapes['iterative_mid'])}, "
-         "half the budget, re-score the student, prune to the width shape, the other half.", "",
-         "| schedule | validation loss |", "|---|---|",
-         f"| one shot | {_cell(cells, 'distill-width-kl')} |",
-         f"| two steps | {_cell(cells, 'iterative-kl')} |", ""]
-    c = compare(cells, "distill-width-kl", "iterative-kl")
-    if c is not None:
-        L.append("**Paper:** one-shot importance is as good as iterative (1.92 after retraining either way), while pruning "
-                 "15B -> 8B -> 4B with retraining in between beats 15B -> 4B at once. **Here** (a two-step schedule that "
-                 "splits one budget, which is neither of the paper's settings): "
-                 f"one shot {c.a.mean:.3f}, two steps {c.b.mean:.3f} ({c.test_text()}): "
-                 + ("no difference at this budget." if c.tie else
-                    "two steps are better." if c.b_lower else
-                    "one shot is better (each step of the two-step schedule gets half the retraining tokens)."))
-        L.append("")
+         "Three different questions, each against one-shot pruning to the width shape with the whole budget:", "",
+         "- **importance in k steps** (the paper's 1/2/4-step finding): the hidden size cut to the width shape's in k "
+         "equal steps, the importance re-estimated on the partly pruned model before each, no retraining between them; "
+         "then the whole budget;",
+         f"- **a chain** (the paper's 15B -> 8B -> 4B): teacher -> {mid} with the whole budget, re-scored, pruned to the "
+         "width shape, the whole budget again (twice the tokens in all);",
+         f"- **a split budget**: teacher -> {mid}, half the budget, re-score, prune to the width shape, the other half.",
+         "", "| schedule | tokens | before retraining | after retraining |", "|---|---|---|---|",
+         f"| one shot, width shape | {_tokens(cells, 'distill-width-kl')} | {_cell(cells, 'distill-width-kl', 'zero_shot')} "
+         f"| {_cell(cells, 'distill-width-kl')} |"]
+    L += [f"| hidden size in {k} step(s) | {_tokens(cells, f'steps-{k}')} | {_cell(cells, f'steps-{k}', 'zero_shot')} | "
+          f"{_cell(cells, f'steps-{k}')} |" for k in SCORING_STEPS]
+    L += [f"| chain, whole budget per step | {_tokens(cells, 'chain-kl')} | {_cell(cells, 'chain-kl', 'zero_shot_second_step')} "
+          f"| {_cell(cells, 'chain-kl')} |",
+          f"| split budget, two steps | {_tokens(cells, 'iterative-kl')} | "
+          f"{_cell(cells, 'iterative-kl', 'zero_shot_second_step')} | {_cell(cells, 'iterative-kl')} |", ""]
+    verdicts = []
+    one_vs_many = [compare(cells, "steps-1", f"steps-{k}") for k in SCORING_STEPS[1:]]
+    if all(c is not None for c in one_vs_many):
+        verdicts.append("**Paper:** estimating importance in 1, 2 or 4 steps gives the same loss after retraining. "
+                        "**Here:** " + "; ".join(f"1 step {c.a.mean:.3f} vs {k} steps {c.b.mean:.3f} ({c.test_text()}, "
+                                                  f"{'no difference' if c.tie else 'different'})"
+                                                  for k, c in zip(SCORING_STEPS[1:], one_vs_many))
+                        + (": as in the paper." if all(c.tie for c in one_vs_many) else ": unlike the paper."))
+    chain = compare(cells, "distill-width-kl", "chain-kl")
+    if chain is not None:
+        verdicts.append("**Paper:** 15B -> 8B -> 4B (MMLU 42.45) beats 15B -> 4B at once (37.81). **Here:** one shot "
+                        f"{chain.a.mean:.3f}, chain {chain.b.mean:.3f} ({chain.test_text()}): "
+                        + ("the chain is better, as in the paper (with twice the tokens, as there)." if chain.b_lower else
+                           "one shot is better, unlike the paper." if chain.a_lower else "no difference at this budget."))
+    split = compare(cells, "distill-width-kl", "iterative-kl")
+    if split is not None:
+        verdicts.append(f"**Split budget** (no counterpart in the papers): one shot {split.a.mean:.3f}, two steps "
+                        f"{split.b.mean:.3f} ({split.test_text()}): "
+                        + ("no difference at this budget." if split.tie else "two steps are better." if split.b_lower
+                           else "one shot is better (each step gets half the retraining tokens)."))
+    for v in verdicts:
+        L += [v, ""]
     return L
+
+
+def _depth_section(cells: dict, shapes: dict) -> list[str]:
+    names = ("distill-depth-kl", "distill-depth_block-kl")
+    if not all(n in cells for n in names):
+        return []
+    L = ["## 6. Which layers a depth cut drops (the 2408 paper)", "",
+         f"The depth shape ({_shape_text(shapes['depth'])}) by the individually least important layers (Block "
+         "Importance) against the contiguous block whose removal costs the least LM loss; the same budget of "
+         "distillation.", "",
+         "| layers dropped | kept (first seed) | before retraining | after retraining |", "|---|---|---|---|"]
+    for n, label in zip(names, ("individually, by Block Importance", "a contiguous block, by the loss without it")):
+        kept = (cells[n][0].get("kept_layers") or "-")
+        L.append(f"| {label} | {kept} | {_cell(cells, n, 'zero_shot')} | {_cell(cells, n)} |")
+    L.append("")
+    before, after = compare(cells, *names, "zero_shot"), compare(cells, *names)
+    L.append("**Paper:** on Llama-3.1 8B, dropping the contiguous block 16-31 (Winogrande 0.595) beats dropping the 16 "
+             f"individually least important layers (0.50). **Here:** before retraining {before.a.mean:.3f} vs "
+             f"{before.b.mean:.3f} ({before.test_text()}); after, {after.a.mean:.3f} vs {after.b.mean:.3f} "
+             f"({after.test_text()}): " + ("the block is better, as in the paper." if after.b_lower else
+                                           "individual layers are better, unlike the paper." if after.a_lower else
+                                           "no difference at this budget."))
+    L.append("")
+    return L
+
+
+def _tokens(cells: dict, name: str) -> str:
+    group = cells.get(name)
+    return f"{group[0]['tokens']:,}" if group and group[0].get("tokens") else "-"
