@@ -44,8 +44,9 @@ def test_the_criteria_study_gives_a_table_with_spread_and_a_plot(criteria):
     root, _ = criteria
     cells = {p.parent.name: json.loads(p.read_text()) for p in (root / "results" / "cells").glob("*/seed1.json")}
     assert sorted(cells) == sorted([f"criteria-{b}-{s}" for b in ("l2", "mean", "var") for s in ("l2", "mean", "var")]
-                                   + ["criteria-magnitude", "criteria-random"])
-    assert len({c["parameters"] for c in cells.values()}) == 1  # the same pruned shape for every criterion
+                                   + ["criteria-magnitude", "criteria-random", "teacher"])
+    # the same pruned shape for every criterion
+    assert len({c["parameters"] for n, c in cells.items() if n.startswith("criteria-")}) == 1
     page = (root / "results" / "results.md").read_text()
     assert "## 1. Importance criteria" in page and "±" in page and "## 2." not in page
     assert "**Paper:** batch L2 with sequence mean is best" in page
@@ -57,17 +58,18 @@ def test_a_changed_setting_recomputes_only_the_cells_it_decides(criteria, tmp_pa
     capsys.readouterr()
     assert main(["ablate", "study=criteria", "seed=1", f"hydra.run.dir={tmp_path / 'same'}", *common]) == 0
     out = capsys.readouterr().out
-    assert ": running" not in out and out.count(": cached") == 11
+    assert ": running" not in out and out.count(": cached") == 12  # the criteria and the teacher's
     assert main(["ablate", "study=criteria", "seed=0", f"hydra.run.dir={tmp_path / 'r'}", *common, "calib.samples=6"]) == 0
     out = capsys.readouterr().out
-    assert out.count(": running") == 9 and out.count(": cached") == 2, out  # magnitude and random need no calibration
+    # magnitude and random need no calibration, nor does the teacher's loss
+    assert out.count(": running") == 9 and out.count(": cached") == 3, out
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate")
     common = SMALL + [f"results_dir={root / 'results'}", f"cache_dir={root / 'cache'}"]
-    code = main(["ablate", "-m", "study=criteria,shapes,losses,scratch,iterative", "seed=0,1",
+    code = main(["ablate", "-m", "study=criteria,shapes,losses,scratch,iterative,depth", "seed=0,1",
                  f"hydra.sweep.dir={root / 'sweep'}", *common])
     assert code == 0
     return root, common
@@ -77,13 +79,16 @@ def swept(tmp_path_factory):
 def test_every_study_writes_its_cells_and_the_page_has_every_table(swept):
     root, _ = swept
     cells = sorted(p.parent.name for p in (root / "results" / "cells").glob("*/seed0.json"))
-    assert len(cells) == 11 + 3 + 3 + 2 + 1  # criteria, shapes, extra losses, scratch x1/x4, iterative
+    # the teacher, criteria, shapes, extra losses, scratch x1/x4, split and chain, hidden in 1/2/4 steps, depth block
+    assert len(cells) == 1 + 11 + 3 + 3 + 2 + 2 + 3 + 1
     assert all((root / "results" / "cells" / c / "seed1.json").is_file() for c in cells)
     page = (root / "results" / "results.md").read_text()
     for heading in ("## 1. Importance criteria", "## 2. Width vs depth", "## 3. Retraining loss",
-                    "## 4. Pruned and distilled vs random init", "## 5. One-shot vs iterative"):
+                    "## 4. Pruned and distilled vs random init", "## 5. One-shot vs iterative",
+                    "## 6. Which layers a depth cut drops"):
         assert heading in page
-    assert "±" in page  # two seeds: mean and spread
+    assert "±" in page  # two seeds: mean and standard error
+    assert "no test: 2 seed(s), at least 3 needed" in page  # and too few seeds for a verdict
     assert (root / "results" / "results-criteria.png").stat().st_size > 0
     assert (root / "results" / "results-curves.png").stat().st_size > 0
     width = json.loads((root / "results" / "cells" / "distill-width-kl" / "seed0.json").read_text())
@@ -97,7 +102,8 @@ def test_a_rerun_reuses_every_cell_and_report_rebuilds_the_page(swept, tmp_path,
     capsys.readouterr()
     assert main(["ablate", "study=all", "seed=1", f"hydra.run.dir={tmp_path / 'again'}", *common]) == 0
     out = capsys.readouterr().out
-    assert ": running" not in out and out.count(": cached") == 23  # the width/KL cell serves four studies
+    # the width/KL cell serves four studies, the teacher's cell every job
+    assert ": running" not in out and out.count(": cached") == 30
     page = tmp_path / "page.md"
     assert main(["ablate", "study=report", f"page={page}", f"hydra.run.dir={tmp_path / 'report'}", *common]) == 0
     # the same page, but its plots are named after it and written beside it

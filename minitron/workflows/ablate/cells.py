@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
-from minitron.checkpoint import checkpoint_folder, load_checkpoint
+from minitron.checkpoint import LAYER_MAP, checkpoint_folder, load_checkpoint
 from minitron.config import compose, stable_hash, to_plain
 from minitron.data.calibration import Calibration, cache_root
 from minitron.distill import distill, loss_spec
@@ -26,6 +26,7 @@ from minitron.importance import random_scores, score_model, weight_magnitude
 from minitron.io import write_json
 from minitron.prune import prune
 from minitron.prune.dry_run import dry_run
+from minitron.prune.target import Target
 from minitron.train.pretrain import SUMMARY_FILE, pretrain, train_from_scratch
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import lm_loss
@@ -33,6 +34,7 @@ from minitron.train.trainer import lm_loss
 AGGREGATORS = ("l2", "mean", "var")
 SHAPES = ("width", "depth", "width_depth")
 LOSSES = ("kl", "ce", "kl_ce", "kl_is")
+SCORING_STEPS = (1, 2, 4)
 PAPER_BEST_AGGREGATION = ("l2", "mean")
 
 # ---- what every cell needs ----------------------------------------------------------------------------------
@@ -74,7 +76,7 @@ def cell_specs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     shape = lambda name: dict(to_plain(cfg.shapes[name]))  # noqa: E731
     calib, train, steps = to_plain(cfg.calib), to_plain(cfg.train), int(cfg.budget.steps)
     evals = {"eval_batches": int(cfg.eval_batches), "eval_batch_size": int(cfg.eval_batch_size), "seq_len": int(cfg.data.seq_len)}
-    specs: dict[str, dict[str, Any]] = {}
+    specs: dict[str, dict[str, Any]] = {"teacher": {"study": "teacher", **evals}}
     for criterion in [f"{b}-{q}" for b in AGGREGATORS for q in AGGREGATORS] + ["magnitude", "random"]:
         spec = {"study": "criteria", "criterion": criterion, "shape": shape("width"), **evals}
         if criterion not in ("magnitude", "random"):
@@ -89,6 +91,16 @@ def cell_specs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
                                          **evals}
     specs["iterative-kl"] = {"study": "iterative", "mid": shape("iterative_mid"), "shape": shape("width"), "steps": steps,
                              "train": train, "calib": calib, **evals}
+    # the 15B -> 8B -> 4B path: every step of the chain gets the whole budget
+    specs["chain-kl"] = {"study": "iterative", "mid": shape("iterative_mid"), "shape": shape("width"), "steps": steps,
+                         "chain": True, "train": train, "calib": calib, **evals}
+    for k in SCORING_STEPS:  # the hidden size reached in k score-and-prune steps, no retraining between them
+        specs[f"steps-{k}"] = {"study": "iterative", "hidden_size": int(cfg.shapes.width.hidden_size), "scoring_steps": k,
+                               "steps": steps, "train": train, "calib": calib, "curve_every": int(cfg.curve_every), **evals}
+    # which layers a depth cut drops: the contiguous block whose removal costs least LM loss, as the 2408 paper does
+    specs["distill-depth_block-kl"] = {"study": "distill", "shape": shape("depth"), "loss": "kl", "steps": steps,
+                                       "train": train, "calib": calib, "curve_every": int(cfg.curve_every),
+                                       "depth_metric": "contiguous", **evals}
     return specs
 
 
@@ -120,10 +132,16 @@ def run_cell(ctx: Context, name: str, fn: Callable[[dict[str, Any]], dict[str, A
     return result
 
 
-def _activation_scores(ctx: Context, model, *, batch_agg: str = "l2", seq_agg: str = "mean"):
+def _activation_scores(ctx: Context, model, *, batch_agg: str = "l2", seq_agg: str = "mean", **options: Any):
     calib = Calibration.from_config(ctx.cfg.calib, ctx.cfg.data.seq_len)
+    options.setdefault("depth", ("bi",))
     return score_model(model, ctx.data["train"], calib, seed=ctx.seed, batch_agg=batch_agg, seq_agg=seq_agg,
-                       depth=("bi",), progress=False)
+                       progress=False, **options)
+
+
+def teacher_cell(ctx: Context) -> dict[str, Any]:
+    """The teacher's validation loss on the students' blocks (the pretraining summary's is on other blocks)."""
+    return run_cell(ctx, "teacher", lambda spec: {"val_loss": ctx.val_loss(ctx.load_teacher())})
 
 
 def criterion_cell(ctx: Context, criterion: str) -> dict[str, Any]:
@@ -171,21 +189,27 @@ def _distill(ctx: Context, teacher, student, steps: int, loss: str, work: Path) 
     return ctx.val_loss(student), points
 
 
-def distill_cell(ctx: Context, shape: str, loss: str = "kl") -> dict[str, Any]:
-    """The teacher pruned to `shape` by activation scores (batch L2, sequence mean; layers by Block Importance),
-    validation loss before retraining, then distilled with `loss` for the budget: loss after, and the curve."""
+def distill_cell(ctx: Context, shape: str, loss: str = "kl", name: str | None = None) -> dict[str, Any]:
+    """The teacher pruned to `shape` by activation scores (batch L2, sequence mean; layers by Block Importance
+    unless the cell's spec names another depth metric), validation loss before retraining, then distilled with
+    `loss` for the budget: loss after, and the curve."""
+    name = name or f"distill-{shape}-{loss}"
+
     def compute(spec: dict[str, Any]) -> dict[str, Any]:
         steps = spec["steps"]
         teacher = ctx.load_teacher()
-        student = prune(teacher, _activation_scores(ctx, teacher), {**spec["shape"], "depth_metric": "bi"})
+        target = Target.from_mapping({**spec["shape"], "depth_metric": spec.get("depth_metric", "bi")})
+        scores = _activation_scores(ctx, teacher, **target.importance_options(teacher.config))
+        student = prune(teacher, scores, target)
         before = ctx.val_loss(student)
-        work = _work(ctx, f"{shape}-{loss}")
+        work = _work(ctx, name)
         after, curve = _distill(ctx, teacher, student, steps, loss, work)
         shutil.rmtree(work, ignore_errors=True)
+        kept = getattr(student.config, LAYER_MAP, None)
         return {"zero_shot": before, "val_loss": after, "curve": [[0, before], *curve], "parameters": student.num_parameters(),
-                "tokens": steps * _tokens_per_step(ctx)}
+                "tokens": steps * _tokens_per_step(ctx), "kept_layers": kept["source_layers"] if kept else None}
 
-    return run_cell(ctx, f"distill-{shape}-{loss}", compute)
+    return run_cell(ctx, name, compute)
 
 
 def scratch_cell(ctx: Context, multiple: int) -> dict[str, Any]:
@@ -210,24 +234,50 @@ def scratch_cell(ctx: Context, multiple: int) -> dict[str, Any]:
     return run_cell(ctx, f"scratch-x{multiple}", compute)
 
 
-def iterative_cell(ctx: Context) -> dict[str, Any]:
-    """Prune to `shapes.iterative_mid`, distill half the budget, re-score the student, prune to the width shape,
-    distill the other half (the one-shot counterpart is `distill_cell(width, kl)`)."""
+def iterative_cell(ctx: Context, chain: bool = False) -> dict[str, Any]:
+    """Prune to `shapes.iterative_mid`, distill, re-score the student, prune to the width shape, distill again (the
+    one-shot counterpart is `distill_cell(width, kl)`). Split: the two steps share one budget. `chain`: each step
+    gets the whole budget, as Minitron 4B was pruned from Minitron 8B after its full retraining."""
+    name = "chain-kl" if chain else "iterative-kl"
+
     def compute(spec: dict[str, Any]) -> dict[str, Any]:
         steps = spec["steps"]
+        first, second = (steps, steps) if chain else (steps // 2, steps - steps // 2)
         teacher = ctx.load_teacher()
         mid = prune(teacher, _activation_scores(ctx, teacher), spec["mid"])
-        work = _work(ctx, "iterative")
-        mid_loss, curve1 = _distill(ctx, teacher, mid, steps // 2, "kl", work / "step1")
+        work = _work(ctx, name)
+        mid_loss, curve1 = _distill(ctx, teacher, mid, first, "kl", work / "step1")
         final = prune(mid, _activation_scores(ctx, mid), spec["shape"])
         before = ctx.val_loss(final)
-        after, curve2 = _distill(ctx, teacher, final, steps - steps // 2, "kl", work / "step2")
+        after, curve2 = _distill(ctx, teacher, final, second, "kl", work / "step2")
         shutil.rmtree(work, ignore_errors=True)
-        curve = [*curve1, *[[s + steps // 2, v] for s, v in curve2]]
+        curve = [*curve1, *[[s + first, v] for s, v in curve2]]
         return {"val_loss": after, "mid_loss": mid_loss, "zero_shot_second_step": before, "curve": curve,
-                "parameters": final.num_parameters(), "tokens": steps * _tokens_per_step(ctx)}
+                "parameters": final.num_parameters(), "tokens": (first + second) * _tokens_per_step(ctx)}
 
-    return run_cell(ctx, "iterative-kl", compute)
+    return run_cell(ctx, name, compute)
+
+
+def steps_cell(ctx: Context, k: int) -> dict[str, Any]:
+    """The teacher's hidden size cut to the width shape's in `k` equal steps, the importance re-estimated on the
+    partly pruned model before each step, no retraining between them (the 2407 paper: embedding 6144 -> 4096 in
+    1, 2 or 4 steps gave the same loss after retraining); then the budget of distillation."""
+
+    def compute(spec: dict[str, Any]) -> dict[str, Any]:
+        teacher = ctx.load_teacher()
+        source, goal = teacher.config.hidden_size, spec["hidden_size"]
+        student = teacher
+        for j in range(1, k + 1):
+            size = source - round((source - goal) * j / k)
+            student = prune(student, _activation_scores(ctx, student), {"hidden_size": size})
+        before = ctx.val_loss(student)
+        work = _work(ctx, f"steps-{k}")
+        after, curve = _distill(ctx, teacher, student, spec["steps"], "kl", work)
+        shutil.rmtree(work, ignore_errors=True)
+        return {"zero_shot": before, "val_loss": after, "curve": [[0, before], *curve], "parameters": student.num_parameters(),
+                "tokens": spec["steps"] * _tokens_per_step(ctx)}
+
+    return run_cell(ctx, f"steps-{k}", compute)
 
 
 def _tokens_per_step(ctx: Context) -> int:

@@ -1,5 +1,6 @@
-"""The results page of `minitron ablate`, from the cells alone: each table with mean and spread over seeds, the
-plots, the command, the compute, and the paper's finding beside ours."""
+"""The results page of `minitron ablate`, from the cells alone: each table with mean and standard error over seeds,
+the plots, the command, the compute, and the paper's finding beside ours, each verdict with the test it rests on
+(Welch's t-test, `stats`); a difference the test does not support is reported as a tie."""
 
 from __future__ import annotations
 
@@ -17,33 +18,35 @@ from omegaconf import DictConfig
 
 from minitron.config import to_plain
 from minitron.io import atomic_path, write_text
-from minitron.workflows.ablate.cells import AGGREGATORS, LOSSES, PAPER_BEST_AGGREGATION, SHAPES, fmt_loss
+from minitron.workflows.ablate.cells import (
+    AGGREGATORS,
+    LOSSES,
+    PAPER_BEST_AGGREGATION,
+    SCORING_STEPS,
+    SHAPES,
+    fmt_loss,
+)
+from minitron.workflows.ablate.stats import ALPHA, Comparison, Summary
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return mean, spread, len(values)
+def _values(cells: dict, name: str, field: str = "val_loss") -> list[float]:
+    return [c[field] for c in cells.get(name, []) if c.get(field) is not None]
 
 
 def _cell(cells: dict, name: str, field: str = "val_loss") -> str:
-    values = [c[field] for c in cells.get(name, []) if c.get(field) is not None]
-    if not values:
-        return "-"
-    mean, sd, n = _stats(values)
-    return f"{mean:.3f}" if n == 1 else f"{mean:.3f} ± {sd:.3f}"
+    values = _values(cells, name, field)
+    return Summary.of(values).text() if values else "-"
 
 
 def _mean(cells: dict, name: str, field: str = "val_loss") -> float | None:
-    values = [c[field] for c in cells.get(name, []) if c.get(field) is not None]
+    values = _values(cells, name, field)
     return statistics.fmean(values) if values else None
 
 
-def _sd(cells: dict, name: str, field: str = "val_loss") -> float:
-    values = [c[field] for c in cells.get(name, []) if c.get(field) is not None]
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
+def compare(cells: dict, a: str, b: str, field: str = "val_loss") -> Comparison | None:
+    """Cell `a` against cell `b` over their seeds; None when either has no result."""
+    va, vb = _values(cells, a, field), _values(cells, b, field)
+    return Comparison.of(va, vb) if va and vb else None
 
 
 def mean_curve(cells: dict, name: str) -> list[tuple[int, float]]:
@@ -63,11 +66,6 @@ def crossover(cells: dict, a: str, b: str) -> int | None:
         if all(ca[t] < cb[t] for t in steps[i:]):
             return s
     return None
-
-
-def _same(cells: dict, a: str, b: str) -> bool:
-    """Whether the means of `a` and `b` are within the larger of their spreads (or 0.01 nats)."""
-    return abs(_mean(cells, a) - _mean(cells, b)) <= max(_sd(cells, a), _sd(cells, b), 0.01)
 
 
 def plot_criteria(cells: dict, path: Path) -> None:
@@ -144,10 +142,11 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
     add("")
     add(f"Teacher: {teacher.get('params', 0):,} parameters ({_arch_line(teacher)}), trained from scratch on the embedded "
         f"corpus: {teacher.get('tokens', 0):,} tokens in {teacher.get('seconds', 0) / 60:.1f} min, validation loss "
-        f"{fmt_loss(teacher.get('val_loss'))} (unigram {fmt_loss(teacher.get('unigram_loss'))}). Seeds: {', '.join(map(str, seeds))} "
+        f"{_cell(cells, 'teacher')} on the students' blocks (unigram {fmt_loss(teacher.get('unigram_loss'))}). Seeds: {', '.join(map(str, seeds))} "
         f"(calibration draw, data order, random scores and random init). Retraining budget per student: "
         f"{int(cfg.budget.steps)} steps = {tokens:,} tokens. Cells took {seconds / 60:.1f} min of compute in all "
-        f"({_machine()}). Cells: mean ± standard deviation over seeds; validation loss in nats/token over "
+        f"({_machine()}). Cells: mean ± standard error over seeds; every verdict names its Welch t-test (two-sided, "
+        f"a difference is called at p < {ALPHA}, else a tie); validation loss in nats/token over "
         f"{int(cfg.eval_batches)} x {int(cfg.eval_batch_size)} blocks of {int(cfg.data.seq_len)} tokens; lower is better.")
     add("")
     L += _criteria_section(cells, shapes, plots["criteria"].name)
@@ -155,6 +154,7 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
     L += _losses_section(cells)
     L += _scratch_section(cells, tokens)
     L += _iterative_section(cells, shapes)
+    L += _depth_section(cells, shapes)
     write_text(out, "\n".join(L) + "\n")
     return out
 
@@ -204,18 +204,32 @@ def _criteria_section(cells: dict, shapes: dict, plot: str) -> list[str]:
     pairs = {k: v for k, v in pairs.items() if v is not None}
     if pairs:
         best = min(pairs, key=pairs.get)
-        paper = pairs.get(PAPER_BEST_AGGREGATION)
-        agree = best == PAPER_BEST_AGGREGATION or (paper is not None and _same(cells, "criteria-l2-mean", f"criteria-{best[0]}-{best[1]}"))
+        worst = max(pairs, key=pairs.get)
         L.append(f"![criteria](./{plot})")
         L.append("")
-        L.append(f"**Paper:** batch L2 with sequence mean is best (7.18 vs 7.21-10.55 on Nemotron-4 15B -> 8B). **Here:** "
-                 f"the best pair is batch {best[0]} / sequence {best[1]} ({pairs[best]:.3f}); batch L2 / sequence mean gives "
-                 f"{fmt_loss(paper)}. " + ("This agrees with the paper (within the spread over seeds)." if agree else
-                                       "This disagrees with the paper."))
-        act, mag, rnd = (_mean(cells, n) for n in ("criteria-l2-mean", "criteria-magnitude", "criteria-random"))
-        if None not in (act, mag, rnd):
-            L.append(f"Activation scores {'beat' if act < mag else 'do not beat'} weight magnitude ({act:.3f} vs {mag:.3f}) "
-                     f"and {'beat' if act < rnd else 'do not beat'} random scores ({rnd:.3f}).")
+        spread = compare(cells, f"criteria-{best[0]}-{best[1]}", f"criteria-{worst[0]}-{worst[1]}")
+        paper = compare(cells, "criteria-l2-mean", f"criteria-{best[0]}-{best[1]}")
+        text = (f"**Paper:** batch L2 with sequence mean is best (7.18 vs 7.21-10.55 on Nemotron-4 15B -> 8B). **Here:** "
+                f"the lowest mean is batch {best[0]} / sequence {best[1]} ({pairs[best]:.3f}), the highest batch {worst[0]} / "
+                f"sequence {worst[1]} ({pairs[worst]:.3f}; {spread.test_text()}). ")
+        if spread.tie:
+            text += ("The test cannot separate even the best and the worst pair at these calibration and evaluation "
+                     "sizes, so this study says nothing about which aggregation is best.")
+        elif paper is not None and best != PAPER_BEST_AGGREGATION:
+            text += (f"Batch L2 / sequence mean gives {paper.a.mean:.3f} ({paper.test_text()}): "
+                     + ("no difference from the best at this budget, consistent with the paper." if paper.tie else
+                        "worse than the best, which disagrees with the paper."))
+        else:
+            text += "Batch L2 / sequence mean is the best pair, as in the paper."
+        L.append(text)
+        lines = []
+        for other, label in (("criteria-magnitude", "weight magnitude"), ("criteria-random", "random scores")):
+            c = compare(cells, "criteria-l2-mean", other)
+            if c is not None:
+                verdict = "beat" if c.a_lower else "lose to" if c.b_lower else "tie with"
+                lines.append(f"activation scores {verdict} {label} ({c.a.mean:.3f} vs {c.b.mean:.3f}; {c.test_text()})")
+        if lines:
+            L.append("Without retraining, " + "; ".join(lines) + ".")
         L.append("")
     return L
 
@@ -237,16 +251,20 @@ def _shapes_section(cells: dict, shapes: dict, plot: str) -> list[str]:
     L.append("The curves are measured during retraining every few steps on the first few validation batches, which "
              "give lower losses than the whole set here; compare curves with curves and tables with tables.")
     L.append("")
-    w, d = _mean(cells, names[0]), _mean(cells, names[1])
-    w0, d0 = _mean(cells, names[0], "zero_shot"), _mean(cells, names[1], "zero_shot")
-    if None not in (w, d, w0, d0):
+    after, before = compare(cells, names[0], names[1]), compare(cells, names[0], names[1], "zero_shot")
+    if after is not None and before is not None:
         cross = crossover(cells, names[0], names[1])
+        last = max((s for s, _ in mean_curve(cells, names[0])), default=0)
         when = ("from the start" if cross == 0 else f"from step {cross} on" if cross is not None else "at no recorded step")
+        verdict = ("width wins after retraining, as in the paper" if after.a_lower else
+                   "depth wins after retraining, unlike the paper" if after.b_lower else
+                   "no difference after retraining at this budget")
         L.append(f"**Paper:** width beats depth after retraining (2.049 vs 2.155-2.177 LM loss); width starts worse and "
-                 f"overtakes after about 200 steps. **Here:** before retraining width {w0:.3f} vs depth {d0:.3f}; after, "
-                 f"width {w:.3f} vs depth {d:.3f}; width's mean validation loss stays below depth's {when}. "
-                 + ("Width wins after retraining, as in the paper" if w < d else "Depth wins after retraining, unlike the paper")
-                 + ("; width also starts ahead, unlike the paper." if w0 < d0 else "; width starts behind, as in the paper."))
+                 f"overtakes after about 200 steps. **Here:** before retraining width {before.a.mean:.3f} vs depth "
+                 f"{before.b.mean:.3f} ({before.test_text()}); after {last} steps width {after.a.mean:.3f} vs depth "
+                 f"{after.b.mean:.3f} ({after.test_text()}): {verdict}. Width's mean curve stays below depth's {when}. "
+                 f"The paper's curves cross at about 200 of its steps; this budget ends at {last}, so a later crossover "
+                 "would not show here.")
         L.append("")
     return L
 
@@ -264,10 +282,12 @@ def _losses_section(cells: dict) -> list[str]:
     means = {k: _mean(cells, n) for k, n in names.items() if _mean(cells, n) is not None}
     if len(means) == len(LOSSES):
         best = min(means, key=means.get)
-        tied = [k for k in means if k != best and _same(cells, names[k], names[best])]
+        tests = {k: compare(cells, names[best], names[k]) for k in means if k != best}
+        tied = [k for k, c in tests.items() if c.tie]
         L.append("**Paper:** logits-only forward KL is best (2.107), then CLM+KL (2.117); intermediate-state losses do "
-                 f"not help width-pruned students. **Here:** best is {labels[best]} ({means[best]:.3f})"
-                 + (f", tied within the spread with {', '.join(labels[k] for k in tied)}" if tied else "") + ". "
+                 f"not help width-pruned students. **Here:** the lowest mean is {labels[best]} ({means[best]:.3f}); against "
+                 "it: " + "; ".join(f"{labels[k]} {c.b.mean:.3f} ({c.test_text()}, {'tie' if c.tie else 'worse'})"
+                                    for k, c in tests.items()) + ". "
                  + ("This agrees with the paper." if best == "kl" or "kl" in tied else "This disagrees with the paper."))
         L.append("")
     return L
@@ -282,35 +302,91 @@ def _scratch_section(cells: dict, tokens: int) -> list[str]:
          f"| pruned + distilled | {tokens:,} | {_cell(cells, names[0])} |",
          f"| random init, cross-entropy | {tokens:,} | {_cell(cells, names[1])} |",
          f"| random init, cross-entropy | {4 * tokens:,} | {_cell(cells, names[2])} |", ""]
-    p, s1, s4 = (_mean(cells, n) for n in names)
-    if None not in (p, s1, s4):
+    same, more = compare(cells, names[0], names[1]), compare(cells, names[0], names[2])
+    if same is not None and more is not None:
+        def verdict(c: Comparison) -> str:
+            return "pruned + distilled is better" if c.a_lower else "random init is better" if c.b_lower else "no difference"
+
         L.append("**Paper:** the pruned and distilled model beats training the same architecture from scratch, also when "
-                 f"the scratch run gets many times the tokens. **Here:** {p:.3f} vs {s1:.3f} (same tokens) and {s4:.3f} "
-                 f"(4x). " + ("Agrees with the paper." if p < s1 and p < s4 else
-                              "Partly disagrees: random init with 4x the tokens does better." if p < s1 else
-                              "Disagrees with the paper."))
+                 f"the scratch run gets many times the tokens. **Here:** {same.a.mean:.3f} vs {same.b.mean:.3f} on the same "
+                 f"tokens ({same.test_text()}: {verdict(same)}) and vs {more.b.mean:.3f} on 4x ({more.test_text()}: "
+                 f"{verdict(more)}). " + ("Agrees with the paper." if same.a_lower and more.a_lower else
+                                          "Partly agrees with the paper." if same.a_lower else "Does not support the paper."))
         L.append("")
     return L
 
 
 def _iterative_section(cells: dict, shapes: dict) -> list[str]:
-    if "iterative-kl" not in cells:
+    names = ("iterative-kl", "chain-kl", *(f"steps-{k}" for k in SCORING_STEPS))
+    if not any(n in cells for n in names):
         return []
+    mid = _shape_text(shapes["iterative_mid"])
     L = ["## 5. One-shot vs iterative pruning", "",
-         f"One shot: teacher -> width shape, then the whole budget. Two steps: teacher -> {_shape_text(shapes['iterative_mid'])}, "
-         "half the budget, re-score the student, prune to the width shape, the other half.", "",
-         "| schedule | validation loss |", "|---|---|",
-         f"| one shot | {_cell(cells, 'distill-width-kl')} |",
-         f"| two steps | {_cell(cells, 'iterative-kl')} |", ""]
-    one, two = _mean(cells, "distill-width-kl"), _mean(cells, "iterative-kl")
-    if None not in (one, two):
-        same = _same(cells, "distill-width-kl", "iterative-kl")
-        L.append("**Paper:** one-shot importance is as good as iterative (1.92 after retraining either way), while pruning "
-                 "15B -> 8B -> 4B with retraining in between beats 15B -> 4B at once. **Here:** "
-                 f"one shot {one:.3f}, two steps {two:.3f}: "
-                 + ("the same within the spread over seeds, as the paper finds for one-shot importance." if same else
-                    ("two steps are better, as in the paper's 15B -> 8B -> 4B path." if two < one else
-                     "one shot is better, which disagrees with the paper's 15B -> 8B -> 4B path (at this budget, "
-                     "each step of the two-step schedule gets half the retraining tokens).")))
-        L.append("")
+         "Three different questions, each against one-shot pruning to the width shape with the whole budget:", "",
+         "- **importance in k steps** (the paper's 1/2/4-step finding): the hidden size cut to the width shape's in k "
+         "equal steps, the importance re-estimated on the partly pruned model before each, no retraining between them; "
+         "then the whole budget;",
+         f"- **a chain** (the paper's 15B -> 8B -> 4B): teacher -> {mid} with the whole budget, re-scored, pruned to the "
+         "width shape, the whole budget again (twice the tokens in all);",
+         f"- **a split budget**: teacher -> {mid}, half the budget, re-score, prune to the width shape, the other half.",
+         "", "| schedule | tokens | before retraining | after retraining |", "|---|---|---|---|",
+         f"| one shot, width shape | {_tokens(cells, 'distill-width-kl')} | {_cell(cells, 'distill-width-kl', 'zero_shot')} "
+         f"| {_cell(cells, 'distill-width-kl')} |"]
+    L += [f"| hidden size in {k} step(s) | {_tokens(cells, f'steps-{k}')} | {_cell(cells, f'steps-{k}', 'zero_shot')} | "
+          f"{_cell(cells, f'steps-{k}')} |" for k in SCORING_STEPS]
+    L += [f"| chain, whole budget per step | {_tokens(cells, 'chain-kl')} | {_cell(cells, 'chain-kl', 'zero_shot_second_step')} "
+          f"| {_cell(cells, 'chain-kl')} |",
+          f"| split budget, two steps | {_tokens(cells, 'iterative-kl')} | "
+          f"{_cell(cells, 'iterative-kl', 'zero_shot_second_step')} | {_cell(cells, 'iterative-kl')} |", ""]
+    verdicts = []
+    one_vs_many = [compare(cells, "steps-1", f"steps-{k}") for k in SCORING_STEPS[1:]]
+    if all(c is not None for c in one_vs_many):
+        verdicts.append("**Paper:** estimating importance in 1, 2 or 4 steps gives the same loss after retraining. "
+                        "**Here:** " + "; ".join(f"1 step {c.a.mean:.3f} vs {k} steps {c.b.mean:.3f} ({c.test_text()}, "
+                                                  f"{'no difference' if c.tie else 'different'})"
+                                                  for k, c in zip(SCORING_STEPS[1:], one_vs_many))
+                        + (": as in the paper." if all(c.tie for c in one_vs_many) else ": unlike the paper."))
+    chain = compare(cells, "distill-width-kl", "chain-kl")
+    if chain is not None:
+        verdicts.append("**Paper:** 15B -> 8B -> 4B (MMLU 42.45) beats 15B -> 4B at once (37.81). **Here:** one shot "
+                        f"{chain.a.mean:.3f}, chain {chain.b.mean:.3f} ({chain.test_text()}): "
+                        + ("the chain is better, as in the paper (with twice the tokens, as there)." if chain.b_lower else
+                           "one shot is better, unlike the paper." if chain.a_lower else "no difference at this budget."))
+    split = compare(cells, "distill-width-kl", "iterative-kl")
+    if split is not None:
+        verdicts.append(f"**Split budget** (no counterpart in the papers): one shot {split.a.mean:.3f}, two steps "
+                        f"{split.b.mean:.3f} ({split.test_text()}): "
+                        + ("no difference at this budget." if split.tie else "two steps are better." if split.b_lower
+                           else "one shot is better (each step gets half the retraining tokens)."))
+    for v in verdicts:
+        L += [v, ""]
     return L
+
+
+def _depth_section(cells: dict, shapes: dict) -> list[str]:
+    names = ("distill-depth-kl", "distill-depth_block-kl")
+    if not all(n in cells for n in names):
+        return []
+    L = ["## 6. Which layers a depth cut drops (the 2408 paper)", "",
+         f"The depth shape ({_shape_text(shapes['depth'])}) by the individually least important layers (Block "
+         "Importance) against the contiguous block whose removal costs the least LM loss; the same budget of "
+         "distillation.", "",
+         "| layers dropped | kept (first seed) | before retraining | after retraining |", "|---|---|---|---|"]
+    for n, label in zip(names, ("individually, by Block Importance", "a contiguous block, by the loss without it")):
+        kept = (cells[n][0].get("kept_layers") or "-")
+        L.append(f"| {label} | {kept} | {_cell(cells, n, 'zero_shot')} | {_cell(cells, n)} |")
+    L.append("")
+    before, after = compare(cells, *names, "zero_shot"), compare(cells, *names)
+    L.append("**Paper:** on Llama-3.1 8B, dropping the contiguous block 16-31 (Winogrande 0.595) beats dropping the 16 "
+             f"individually least important layers (0.50). **Here:** before retraining {before.a.mean:.3f} vs "
+             f"{before.b.mean:.3f} ({before.test_text()}); after, {after.a.mean:.3f} vs {after.b.mean:.3f} "
+             f"({after.test_text()}): " + ("the block is better, as in the paper." if after.b_lower else
+                                           "individual layers are better, unlike the paper." if after.a_lower else
+                                           "no difference at this budget."))
+    L.append("")
+    return L
+
+
+def _tokens(cells: dict, name: str) -> str:
+    group = cells.get(name)
+    return f"{group[0]['tokens']:,}" if group and group[0].get("tokens") else "-"

@@ -18,6 +18,7 @@ from minitron.prune.dry_run import dry_run
 from minitron.workflows.ablate.cells import (
     AGGREGATORS,
     LOSSES,
+    SCORING_STEPS,
     SHAPES,
     Context,
     build_teacher,
@@ -26,11 +27,13 @@ from minitron.workflows.ablate.cells import (
     iterative_cell,
     load_cells,
     scratch_cell,
+    steps_cell,
+    teacher_cell,
     teacher_key,
 )
 from minitron.workflows.ablate.page import write_results
 
-STUDIES = ("criteria", "shapes", "losses", "scratch", "iterative")
+STUDIES = ("criteria", "shapes", "losses", "scratch", "iterative", "depth")
 
 
 def run_study(ctx: Context, study: str) -> None:
@@ -53,6 +56,12 @@ def run_study(ctx: Context, study: str) -> None:
     elif study == "iterative":
         distill_cell(ctx, "width")
         iterative_cell(ctx)
+        iterative_cell(ctx, chain=True)
+        for k in SCORING_STEPS:
+            steps_cell(ctx, k)
+    elif study == "depth":
+        distill_cell(ctx, "depth")
+        distill_cell(ctx, "depth", name="distill-depth_block-kl")
     else:
         raise MinitronError(f"study={study} is not a study; choose one of {', '.join(STUDIES)} (or all)")
 
@@ -82,6 +91,7 @@ def run_ablate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary = {**summary, "path": str(teacher)}
         ctx = make_context(cfg, teacher, summary, results)
         write_json(teacher_file, summary)
+        teacher_cell(ctx)
         for study in STUDIES if cfg.study == "all" else (cfg.study,):
             run_study(ctx, study)
     if not teacher_file.is_file():
