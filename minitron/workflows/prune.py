@@ -32,7 +32,9 @@ def target_of(cfg: DictConfig) -> Target:
 
 def config_of(cfg: DictConfig, teacher: Path | None = None) -> PretrainedConfig:
     """The source config: the teacher's (`teacher`, or `cfg.teacher`), else built from `cfg.model.arch`."""
-    return source_config(teacher or cfg.teacher, cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size,
+    if teacher is None and cfg.teacher:  # a folder, or a packaged model (converted once); nothing is trained here
+        teacher = teacher_path(cfg, Path("."))
+    return source_config(teacher, cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size,
                          trust_remote_code=bool(cfg.model.trust_remote_code))
 
 
