@@ -12,15 +12,18 @@ Width scores (see `aggregate` for the statistics) are read by hooks on the modul
 Mixture-of-experts layers (`ExpertTally`, a hook on the experts module that recomputes each expert on the
 tokens routed to it, in float32):
 
-- `experts`: router-weighted expert activation, REAP's criterion (Lasby et al. 2025, "REAP the Experts: Why
-  Pruning Prevails for One-Shot MoE Compression", arXiv 2510.13999, eq. 6): the mean over the tokens routed to
-  expert j of g_j(x) * ||f_j(x)||_2, with g_j the routing weight the layer multiplies the expert's output by.
-  It keeps the experts whose outputs weigh most in the layer's sum; routing frequency alone (the count, as in
-  the frequency baselines of Lu et al. 2024, arXiv 2402.14800) ignores how large the contributions are. An
-  expert no calibration token reaches scores 0.
-- `mlp` (per expert): the Minitron neuron statistic inside each expert, the mean of |activation| over the tokens
-  routed to it (the `down_proj` input of that expert, or its up rows with `mlp_site="pre"`). Routed tokens do
-  not form sequences, so `seq_agg` and `batch_agg` do not apply to the expert axes.
+- `experts`: router-weighted expert activation, the mean over the tokens routed to expert j of
+  g_j(x) * ||f_j(x)||_2, with g_j the routing weight the layer multiplies the expert's output by. This is REAP's
+  saliency (Lasby et al. 2025, "REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression",
+  arXiv 2510.13999) and what Model Optimizer's Minitron pruning ranks experts by (`_DynamicSequentialMLP` in
+  modelopt/torch/nas/plugins/megatron.py: the L2 norm of each routed token's router-weighted expert output,
+  averaged over the expert's tokens). It keeps the experts whose outputs weigh most in the layer's sum, where
+  routing frequency alone (a baseline in Lu et al. 2024, arXiv 2402.14800) ignores how large they are. An expert
+  that no calibration token reaches scores 0.
+- `mlp` (per expert): the Minitron neuron statistic inside each expert, as Model Optimizer scores each expert's
+  own `ffn_hidden_size`: the mean of |activation| over the tokens routed to it (the expert's `down_proj` input,
+  or its up rows with `mlp_site="pre"`), one mean over all calibration tokens so that it does not depend on
+  batching. Routed tokens do not form sequences, so `seq_agg` and `batch_agg` do not apply to the expert axes.
 
 Depth scores:
 
