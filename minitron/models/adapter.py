@@ -389,7 +389,7 @@ class FamilyAdapter:
         return out + [TensorSlice(f"{self.down_proj(i)}.weight", 1)]
 
     def _expert_tensors(self, i: int) -> list[TensorSlice]:
-        raise MinitronError(f"the {self.family} family has no experts; target.num_experts applies to MoE families only")
+        raise ValueError(f"axis 'experts' needs a mixture-of-experts family; {self.family} is dense")
 
     def _mlp_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         h, ffn = self.hidden_size, self.intermediate_size

@@ -153,16 +153,18 @@ def prune_checkpoint_streaming(
             specs[key], sizes[key], owner[key] = (dtype, stored), numel * _SAFETENSORS_DTYPES[dtype], name
     shards = _shard_plan(sizes, parse_size(max_shard_size))
     files = [WEIGHTS] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    last: dict[str, dict[str, torch.Tensor]] = {}  # the stored parts of the last model tensor produced
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # the stored parts of a model tensor not yet written
 
     def produce(key: str) -> torch.Tensor:
         name = owner[key]
-        if name not in last:
+        if name not in pending:
             source = plan.source_name(name)
             tensor = source_adapter.read_stored(source, reader.__contains__, reader.get)
-            last.clear()
-            last[name] = pruned_adapter.to_stored(name, plan.apply(source, tensor))
-        return last[name][key]
+            pending[name] = pruned_adapter.to_stored(name, plan.apply(source, tensor))
+        part = pending[name].pop(key)
+        if not pending[name]:
+            del pending[name]  # nothing of it outlives its last part's write
+        return part
 
     with output_folder(out, overwrite=overwrite) as tmp:
         weight_map = {}
