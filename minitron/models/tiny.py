@@ -5,7 +5,8 @@
     >>> model = tiny_model("llama", seed=1, num_hidden_layers=4)
 
 Every model has vocab 128, hidden 64, 2 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16 and
-intermediate 128, in float32, unless overridden. `gemma3` is the text-only `Gemma3ForCausalLM`. Building one never touches the network or the global RNG.
+intermediate 128, in float32, unless overridden. `gemma3` is the text-only `Gemma3ForCausalLM`. `mixtral` and
+`qwen3_moe` have 4 experts of 48 neurons, 2 routed per token. Building one never touches the network or the global RNG.
 """
 
 from __future__ import annotations
