@@ -130,6 +130,16 @@ def test_dry_run_and_search_counts_equal_the_built_model(family, model, scores):
         assert _count(get_adapter(model), report["pruned_shape"]) == pruned.num_parameters()
 
 
+def test_search_candidates_prune_to_their_counts(family, model, scores):
+    """The candidates of a budget search (experts kept) resolve under the family's own keys and count exactly."""
+    from minitron.prune.search import enumerate_candidates
+
+    ranked = enumerate_candidates(model.config, model.num_parameters() // 2, tolerance=0.2, steps=4)
+    assert ranked
+    for c in (ranked[0], ranked[-1]):
+        assert prune(model, scores, c.target()).num_parameters() == c.parameters
+
+
 def test_target_keys_name_each_family_s_own_fields(family, model):
     other = "moe_intermediate_size" if family == "mixtral" else "intermediate_size"
     with pytest.raises(MinitronError, match=f"target.{other} does not apply to {family}.*set target.{EXPERT_SIZE[family]}"):
