@@ -12,7 +12,7 @@ from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from minitron.importance.scores import Importance, config_hash
-from minitron.models import get_adapter
+from minitron.models import TensorSlice, get_adapter
 
 
 def _axis_norms(state: dict[str, Tensor], slices, size: int) -> Tensor:
@@ -25,6 +25,19 @@ def _axis_norms(state: dict[str, Tensor], slices, size: int) -> Tensor:
         t = t.movedim(s.dim, 0).reshape(size, -1)
         total += t.pow(2).sum(dim=1)
     return total.sqrt().float()
+
+
+def _expert_norms(state: dict[str, Tensor], slices, experts: int, size: int) -> Tensor:
+    """[experts, size]: `_axis_norms` within each expert's matrix of the per-expert slices."""
+    per = lambda e: {s.name: state[s.name][e] for s in slices}
+    moved = [TensorSlice(s.name, s.dim - 1, s.unit, s.offset, s.length) for s in slices]
+    return torch.stack([_axis_norms(per(e), moved, size) for e in range(experts)])
+
+
+def _mlp_scores(a, state: dict[str, Tensor], i: int) -> Tensor:
+    if a.moe:
+        return _expert_norms(state, a.axis_tensors("mlp", i), a.num_experts, a.intermediate_size)
+    return _axis_norms(state, a.axis_tensors("mlp", i), a.intermediate_size)
 
 
 def _importance(config: PretrainedConfig, scores: dict[str, Tensor], kind: str) -> Importance:
@@ -50,10 +63,12 @@ def weight_magnitude(model: PreTrainedModel) -> Importance:
     scores = {
         "hidden": _axis_norms(state, a.axis_tensors("hidden"), a.hidden_size),
         "heads": torch.stack([_axis_norms(state, a.axis_tensors("heads", i), a.num_attention_heads) for i in range(n)]),
-        "mlp": torch.stack([_axis_norms(state, a.axis_tensors("mlp", i), a.intermediate_size) for i in range(n)]),
+        "mlp": torch.stack([_mlp_scores(a, state, i) for i in range(n)]),
         "kv_groups": torch.stack([_axis_norms(state, a.axis_tensors("kv_groups", i), a.num_key_value_heads) for i in range(n)]),
         "layers": torch.stack([_axis_norms(state, a.axis_tensors("layers", i), 1)[0] for i in range(n)]),
     }
+    if a.moe:
+        scores["experts"] = torch.stack([_axis_norms(state, a.axis_tensors("experts", i), a.num_experts) for i in range(n)])
     return _importance(model.config, scores, "magnitude")
 
 
@@ -65,8 +80,10 @@ def random_scores(config: PretrainedConfig, seed: int) -> Importance:
     scores = {
         "hidden": torch.rand(a.hidden_size, generator=g),
         "heads": torch.rand(n, a.num_attention_heads, generator=g),
-        "mlp": torch.rand(n, a.intermediate_size, generator=g),
+        "mlp": torch.rand(n, *((a.num_experts,) if a.moe else ()), a.intermediate_size, generator=g),
         "kv_groups": torch.rand(n, a.num_key_value_heads, generator=g),
         "layers": torch.rand(n, generator=g),
     }
+    if a.moe:  # drawn after the dense axes, so a dense model's draws are unchanged
+        scores["experts"] = torch.rand(n, a.num_experts, generator=g)
     return _importance(config, scores, "random")

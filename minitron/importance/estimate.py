@@ -9,6 +9,22 @@ Width scores (see `aggregate` for the statistics) are read by hooks on the modul
 - `mlp`: the input of `down_proj` (after the activation and the gate), or with `mlp_site="pre"` the output of
   `up_proj` (the paper's X W1^T; the up block of a fused `gate_up_proj`).
 
+Mixture-of-experts layers (`ExpertTally`, a hook on the experts module that recomputes each expert on the
+tokens routed to it, in float32):
+
+- `experts`: router-weighted expert activation, the mean over the tokens routed to expert j of
+  g_j(x) * ||f_j(x)||_2, with g_j the routing weight the layer multiplies the expert's output by. This is REAP's
+  saliency (Lasby et al. 2025, "REAP the Experts: Why Pruning Prevails for One-Shot MoE Compression",
+  arXiv 2510.13999) and what Model Optimizer's Minitron pruning ranks experts by (`_DynamicSequentialMLP` in
+  modelopt/torch/nas/plugins/megatron.py: the L2 norm of each routed token's router-weighted expert output,
+  averaged over the expert's tokens). It keeps the experts whose outputs weigh most in the layer's sum, where
+  routing frequency alone (a baseline in Lu et al. 2024, arXiv 2402.14800) ignores how large they are. An expert
+  that no calibration token reaches scores 0.
+- `mlp` (per expert): the Minitron neuron statistic inside each expert, as Model Optimizer scores each expert's
+  own `ffn_hidden_size`: the mean of |activation| over the tokens routed to it (the expert's `down_proj` input,
+  or its up rows with `mlp_site="pre"`), one mean over all calibration tokens so that it does not depend on
+  batching. Routed tokens do not form sequences, so `seq_agg` and `batch_agg` do not apply to the expert axes.
+
 Depth scores:
 
 - `layers` (Block Importance): 1 - mean over the unmasked tokens of cos(input, output) of each decoder layer;
@@ -34,6 +50,7 @@ from functools import partial
 from typing import Any, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
@@ -139,6 +156,45 @@ class CalibrationTally:
 
 
 # ---- hooks ------------------------------------------------------------------------------------------------
+class ExpertTally:
+    """Running sums of one MoE layer over the calibration tokens (see the module docstring): per expert the
+    routed tokens, the routing-weighted output norms, and the |activation| of each of its neurons."""
+
+    def __init__(self, mlp_site: str):
+        self.mlp_site = mlp_site
+        self.count: Tensor | None = None
+        self.gain: Tensor | None = None
+        self.neurons: Tensor | None = None
+
+    def update(self, experts: nn.Module, hidden: Tensor, index: Tensor, weights: Tensor, mask: Tensor | None) -> None:
+        """`hidden` [tokens, hidden], `index` and `weights` [tokens, top_k]: the experts module's inputs."""
+        gate_up, down = experts.gate_up_proj, experts.down_proj
+        num, ffn = gate_up.shape[0], down.shape[-1]
+        if self.count is None:
+            self.count = torch.zeros(num, device=hidden.device)
+            self.gain = torch.zeros(num, device=hidden.device)
+            self.neurons = torch.zeros(num, ffn, device=hidden.device)
+        if mask is not None:
+            keep = mask.reshape(-1)
+            hidden, index, weights = hidden[keep], index[keep], weights[keep]
+        x = hidden.float()
+        for e in range(num):
+            token, slot = (index == e).nonzero(as_tuple=True)
+            if token.numel() == 0:
+                continue
+            gate, up = F.linear(x[token], gate_up[e].float()).chunk(2, dim=-1)
+            act = experts.act_fn(gate) * up
+            out = F.linear(act, down[e].float())
+            self.count[e] += token.numel()
+            self.gain[e] += (weights[token, slot].float() * torch.linalg.vector_norm(out, dim=-1)).sum()
+            self.neurons[e] += (act if self.mlp_site == "post" else up).abs().sum(dim=0)
+
+    def value(self) -> tuple[Tensor, Tensor]:
+        """(expert scores [experts], neuron scores [experts, ffn])."""
+        count = self.count.clamp(min=1)
+        return self.gain / count, self.neurons / count[:, None]
+
+
 class ScoreCollector:
     """Hooks that feed the running scores. Set `tokens` before each batch; `paused()` silences the hooks."""
 
@@ -161,6 +217,7 @@ class ScoreCollector:
         self.norm_scores = [[new() for _ in adapter.hidden_sites(i)] for i in range(n)]
         self.head_scores = [new() for _ in range(n)]
         self.mlp_scores = [new() for _ in range(n)]
+        self.expert_tallies = [ExpertTally(mlp_site) for _ in range(n)] if adapter.moe else []
         self.bi_sums: list[Tensor | None] = [None] * n
         self.bi_tokens = [0] * n
         # layer index -> (input hidden states, other positional args, keyword args) of the current batch
@@ -184,7 +241,11 @@ class ScoreCollector:
                         handles.append(module.register_forward_pre_hook(partial(self._on_input, score)))
                 o_proj = a.module(model, a.o_proj(i))
                 handles.append(o_proj.register_forward_pre_hook(partial(self._on_input, self.head_scores[i])))
-                if self.mlp_site == "post":
+                if a.moe:
+                    experts = a.module(model, a.experts(i))
+                    on_experts = partial(self._on_experts, self.expert_tallies[i])
+                    handles.append(experts.register_forward_hook(on_experts, with_kwargs=True))
+                elif self.mlp_site == "post":
                     down = a.module(model, a.down_proj(i))
                     handles.append(down.register_forward_pre_hook(partial(self._on_input, self.mlp_scores[i])))
                 else:
@@ -222,6 +283,12 @@ class ScoreCollector:
         if self.enabled:
             score.update(args[0], self.tokens)
 
+    def _on_experts(self, tally: ExpertTally, module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> None:
+        if self.enabled:
+            names = ("hidden_states", "top_k_index", "top_k_weights")
+            hidden, index, weights = (*args, *(kwargs[k] for k in names[len(args):]))
+            tally.update(module, hidden, index, weights, self.tokens.mask)
+
     def _on_layer(self, i: int, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
         if not self.enabled:
             return
@@ -250,11 +317,15 @@ class ScoreCollector:
         group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_attention_heads)], device=heads.device)
         kv_groups = torch.zeros(a.num_hidden_layers, a.num_key_value_heads, device=heads.device)
         kv_groups = kv_groups.index_add_(1, group, heads.square()).sqrt()
-        mlp = torch.stack([s.value() for s in self.mlp_scores])
+        experts = None
+        if a.moe:
+            experts, mlp = (torch.stack(t) for t in zip(*(tally.value() for tally in self.expert_tallies)))
+        else:
+            mlp = torch.stack([s.value() for s in self.mlp_scores])
         layers = None
         if self.block_importance:
             layers = torch.stack([s / n for s, n in zip(self.bi_sums, self.bi_tokens)])
-        out = dict(hidden=hidden, heads=heads, mlp=mlp, kv_groups=kv_groups, layers=layers)
+        out = dict(hidden=hidden, heads=heads, mlp=mlp, kv_groups=kv_groups, layers=layers, experts=experts)
         return {k: None if v is None else v.detach().float().cpu() for k, v in out.items()}
 
 

@@ -1,6 +1,6 @@
 """The scores of one importance run, and their file: one safetensors file, tensors plus JSON metadata.
 
-Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, the depth scores that were computed
+Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, `experts` (MoE families only), the depth scores that were computed
 (`layers`, `layers_loss`) and the block scores (`blocks_loss`, `blocks_bi`, for blocks of `block_layers` layers).
 Every metadata value is a JSON string; files without block scores read as before.
 """
@@ -27,6 +27,7 @@ from minitron.models import get_adapter
 FILE_KIND = "minitron-importance"
 FILE_VERSION = 1
 WIDTH_AXES: tuple[str, ...] = ("hidden", "heads", "mlp", "kv_groups")
+EXPERT_AXIS = "experts"  # present only for mixture-of-experts models
 DEPTH_AXES: dict[str, str] = {"bi": "layers", "loss": "layers_loss"}  # `depth` option -> tensor name
 BLOCK_AXES: dict[str, str] = {"loss": "blocks_loss", "bi": "blocks_bi"}  # `blocks` option -> tensor name
 _VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
@@ -46,7 +47,9 @@ class Importance:
 
     hidden      [hidden_size]                         summed over the two per-layer norms of every layer
     heads       [num_hidden_layers, num_attention_heads]
-    mlp         [num_hidden_layers, intermediate_size]
+    mlp         [num_hidden_layers, intermediate_size], or [num_hidden_layers, num_experts, intermediate_size]
+                for an MoE model (each expert's own neurons)
+    experts     [num_hidden_layers, num_experts] for an MoE model, else None
     kv_groups   [num_hidden_layers, num_key_value_heads]
     layers      [num_hidden_layers]  Block Importance, 1 - mean cos(layer input, layer output)
     layers_loss [num_hidden_layers]  LM loss with that one layer skipped
@@ -71,6 +74,7 @@ class Importance:
     blocks_loss: Tensor | None = None
     blocks_bi: Tensor | None = None
     block_layers: int | None = None
+    experts: Tensor | None = None
 
     def __post_init__(self) -> None:
         num_layers = self.heads.shape[0]
@@ -93,7 +97,7 @@ class Importance:
 
     def tensors(self) -> dict[str, Tensor]:
         """The scores that are present, by name."""
-        names = (*WIDTH_AXES, *DEPTH_AXES.values(), *BLOCK_AXES.values())
+        names = (*WIDTH_AXES, EXPERT_AXIS, *DEPTH_AXES.values(), *BLOCK_AXES.values())
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def block_scores(self, metric: str) -> Tensor | None:
@@ -110,6 +114,7 @@ class Importance:
             "depth": [opt for opt, name in DEPTH_AXES.items() if getattr(self, name) is not None],
             "blocks": [opt for opt, name in BLOCK_AXES.items() if getattr(self, name) is not None],
             "block_layers": self.block_layers,
+            "experts": self.experts is not None,
             "num_samples": self.num_samples,
             "num_tokens": self.num_tokens,
             "seq_len": self.seq_len,
@@ -144,6 +149,7 @@ class Importance:
             raise MinitronError(f"{path} is not a minitron importance file (metadata 'kind' is {meta.get('kind')!r})")
         expected = set(WIDTH_AXES) | {DEPTH_AXES[d] for d in meta.get("depth", [])}
         expected |= {BLOCK_AXES[b] for b in meta.get("blocks", [])}
+        expected |= {EXPERT_AXIS} if meta.get("experts") else set()
         if set(tensors) != expected:
             raise MinitronError(
                 f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)} (metadata depth={meta.get('depth')})"
@@ -155,6 +161,7 @@ class Importance:
             corpus_fingerprint=meta["corpus_fingerprint"],
             **{name: tensors.get(name) for name in BLOCK_AXES.values()},
             block_layers=meta.get("block_layers"),
+            experts=tensors.get(EXPERT_AXIS),
         )
 
     def check_model(self, config: PretrainedConfig) -> None:
@@ -164,14 +171,20 @@ class Importance:
         expected = {
             "hidden": (a.hidden_size,),
             "heads": (a.num_hidden_layers, a.num_attention_heads),
-            "mlp": (a.num_hidden_layers, a.intermediate_size),
+            "mlp": (a.num_hidden_layers, *((a.num_experts,) if a.moe else ()), a.intermediate_size),
             "kv_groups": (a.num_hidden_layers, a.num_key_value_heads),
+            EXPERT_AXIS: (a.num_hidden_layers, a.num_experts),
             "layers": (a.num_hidden_layers,),
             "layers_loss": (a.num_hidden_layers,),
         }
         if self.block_layers is not None:
             for name in BLOCK_AXES.values():
                 expected[name] = (a.num_hidden_layers - self.block_layers + 1,)
+        if a.moe and self.experts is None:
+            raise MinitronError(
+                f"the scores file has no 'experts' scores but this {a.family} model has experts; "
+                "re-run `minitron score` on it"
+            )
         for name, tensor in self.tensors().items():
             if tuple(tensor.shape) != expected[name]:
                 raise MinitronError(

@@ -193,7 +193,8 @@ class _Streamer:
         tied_head = f"{self.adapter.lm_head}.weight"
         if name == tied_head and name not in self.checkpoint and self.adapter.tied_embeddings:
             name = f"{self.adapter.embed}.weight"
-        tensor = self.checkpoint.tensor(name, self.device)
+        read = lambda key: self.checkpoint.tensor(key, self.device)
+        tensor = self.adapter.read_stored(name, self.checkpoint.__contains__, read)
         if self.weight_dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(self.weight_dtype)
         return tensor

@@ -13,6 +13,7 @@ computations some families do outside their modules (an embedding multiplier, lo
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -23,8 +24,8 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError
 
-Axis = Literal["hidden", "heads", "kv_groups", "mlp", "layers"]
-AXES: tuple[str, ...] = ("hidden", "heads", "kv_groups", "mlp", "layers")
+Axis = Literal["hidden", "heads", "kv_groups", "mlp", "experts", "layers"]
+AXES: tuple[str, ...] = ("hidden", "heads", "kv_groups", "mlp", "experts", "layers")
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,17 @@ class TensorSlice:
 
     A fused projection holds several blocks along `dim` (Phi-3's `qkv_proj` rows are the query, key and value
     blocks one after another): the axis then indexes the `length` elements from `offset` on, and the rest of
-    the dimension is left to the other blocks. `length=None` means the whole dimension."""
+    the dimension is left to the other blocks. `length=None` means the whole dimension.
+
+    `per_expert`: the tensor stacks one matrix per expert along dimension 0 and the axis picks different indices
+    in each (every expert's neurons are its own), so the kept index is one row per kept expert."""
 
     name: str
     dim: int
     unit: int = 1
     offset: int = 0
     length: int | None = None
+    per_expert: bool = False
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -82,6 +87,10 @@ class FamilyAdapter:
     qk_norm: Literal["head", "projection"] | None = None
     # Config fields that hold one entry per decoder layer (sliced like the layers when depth is pruned).
     per_layer_config_fields: tuple[str, ...] = ("layer_types",)
+    # Mixture of experts: the MLP of every layer is a router and `num_experts` expert MLPs (see MoEAdapter).
+    moe: bool = False
+    # The config field that holds the neurons of one MLP (of one expert in an MoE family).
+    mlp_size_field: str = "intermediate_size"
 
     def __init__(self, config: PretrainedConfig):
         self.config = config
@@ -89,14 +98,15 @@ class FamilyAdapter:
         self.validate()
 
     def with_sizes(self, **sizes: int) -> FamilyAdapter:
-        """This adapter with other axis sizes (HF field names), for counting shapes without building a config.
-        `head_dim` stays the source's, as `Target.resolve` writes it."""
+        """This adapter with other axis sizes (the `Shape` names: `intermediate_size` is the neurons per MLP or
+        expert, `num_experts` the experts per layer), for counting shapes without building a config. `head_dim`
+        stays the source's, as `Target.resolve` writes it."""
         other = copy.copy(self)
         other._sizes = {**self._sizes, "head_dim": self.head_dim, **sizes}
         return other
 
-    def _field(self, name: str):
-        return self._sizes[name] if name in self._sizes else getattr(self.config, name, None)
+    def _field(self, name: str, hf_name: str | None = None):
+        return self._sizes[name] if name in self._sizes else getattr(self.config, hf_name or name, None)
 
     # ---- shapes -----------------------------------------------------------------------------------
     @property
@@ -109,7 +119,13 @@ class FamilyAdapter:
 
     @property
     def intermediate_size(self) -> int:
-        return self._field("intermediate_size")
+        """The neurons of one MLP (of one expert, in an MoE family)."""
+        return self._field("intermediate_size", self.mlp_size_field)
+
+    @property
+    def num_experts(self) -> int | None:
+        """Experts per MoE layer; None for a dense family."""
+        return self._field("num_experts") if self.moe else None
 
     @property
     def num_attention_heads(self) -> int:
@@ -252,6 +268,30 @@ class FamilyAdapter:
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(f"{self.prefix}.layers")
 
+    # ---- the checkpoint layout ------------------------------------------------------------------------
+    # transformers 5 converts some parameters when it loads and saves (`conversion_mapping.py`): a checkpoint
+    # stores them as other keys than the model's state dict. These map one model tensor onto its stored keys, so
+    # the streaming readers and the streaming export see and write what `save_pretrained` would.
+    def stored_shapes(self, name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        """The checkpoint keys and shapes that hold model tensor `name` of `shape`."""
+        return {name: shape}
+
+    def from_stored(self, name: str, parts: list[Tensor]) -> Tensor:
+        """Model tensor `name` from its stored parts (in the order of `stored_shapes`)."""
+        return parts[0]
+
+    def to_stored(self, name: str, tensor: Tensor) -> dict[str, Tensor]:
+        """Model tensor `name` as the checkpoint stores it."""
+        return {name: tensor}
+
+    def read_stored(self, name: str, stored: Callable[[str], bool], read: Callable[[str], Tensor], shape=None) -> Tensor:
+        """Model tensor `name` from a checkpoint holding either it under its own key or its stored parts
+        (`stored(key)` says whether the checkpoint has a key, `read(key)` reads it)."""
+        parts = list(self.stored_shapes(name, shape or ()))
+        if stored(name) or not all(stored(p) for p in parts):
+            return read(name)  # a missing tensor is reported by `read` under its model name
+        return self.from_stored(name, [read(p) for p in parts])
+
     # ---- computations outside the modules -----------------------------------------------------------
     def embed_output(self, embeds: Tensor) -> Tensor:
         """What the base model does to the embedding module's output before the first layer."""
@@ -302,10 +342,10 @@ class FamilyAdapter:
             for i in range(self.num_hidden_layers):
                 for n in self.norms(i):
                     out += self._norm(n)
-                for p in (*self.attention_in(i), *self.mlp_in(i)):
+                for p in self.attention_in(i):
                     out.append(TensorSlice(f"{p}.weight", 1))
                 out += self._linear(self.o_proj(i), 0, 1, self.o_bias)
-                out += self._linear(self.down_proj(i), 0, 1, self.mlp_bias)
+                out += self._mlp_hidden_tensors(i)
             out += self._norm(self.final_norm)
             if not self.tied_embeddings:
                 out.append(TensorSlice(f"{self.lm_head}.weight", 1))
@@ -330,18 +370,46 @@ class FamilyAdapter:
                 out.append(TensorSlice(f"{self.q_norm(layer)}.weight", 0, group_q))
             return out + [TensorSlice(f"{self.o_proj(layer)}.weight", 1, group_q)]
         if axis == "mlp":
-            out: list[TensorSlice] = []
-            for rows in self.mlp_blocks(layer):
-                out += self._rows(rows, 1, self.mlp_bias)
-            return out + [TensorSlice(f"{self.down_proj(layer)}.weight", 1)]
+            return self._mlp_tensors(layer)
         if axis == "layers":
             return [TensorSlice(name, 0) for name in self.layer_tensor_names(layer)]
+        if axis == "experts":
+            return self._expert_tensors(layer)
         raise ValueError(f"unknown axis '{axis}'; expected one of {', '.join(AXES)}")
+
+    def _mlp_hidden_tensors(self, i: int) -> list[TensorSlice]:
+        """The tensors of layer i's MLP that span the hidden size."""
+        out = [TensorSlice(f"{p}.weight", 1) for p in self.mlp_in(i)]
+        return out + self._linear(self.down_proj(i), 0, 1, self.mlp_bias)
+
+    def _mlp_tensors(self, i: int) -> list[TensorSlice]:
+        out: list[TensorSlice] = []
+        for rows in self.mlp_blocks(i):
+            out += self._rows(rows, 1, self.mlp_bias)
+        return out + [TensorSlice(f"{self.down_proj(i)}.weight", 1)]
+
+    def _expert_tensors(self, i: int) -> list[TensorSlice]:
+        raise ValueError(f"axis 'experts' needs a mixture-of-experts family; {self.family} is dense")
+
+    def _mlp_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        h, ffn = self.hidden_size, self.intermediate_size
+        out: dict[str, tuple[int, ...]] = {}
+        rows: dict[str, int] = {}
+        for block in self.mlp_blocks(i):
+            rows[block.path] = rows.get(block.path, 0) + block.length
+        for path, n in rows.items():
+            out[f"{path}.weight"] = (n, h)
+            if self.mlp_bias:
+                out[f"{path}.bias"] = (n,)
+        out[f"{self.down_proj(i)}.weight"] = (h, ffn)
+        if self.mlp_bias:
+            out[f"{self.down_proj(i)}.bias"] = (h,)
+        return out
 
     # ---- names and shapes ---------------------------------------------------------------------------
     def layer_tensor_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         """State-dict keys of decoder layer i and their shapes, from the config alone."""
-        h, ffn, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        h, hd = self.hidden_size, self.head_dim
         q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
         out: dict[str, tuple[int, ...]] = {}
         for n in self.norms(i):
@@ -360,16 +428,7 @@ class FamilyAdapter:
         out[f"{self.o_proj(i)}.weight"] = (h, q)
         if self.o_bias:
             out[f"{self.o_proj(i)}.bias"] = (h,)
-        rows = {}
-        for block in self.mlp_blocks(i):
-            rows[block.path] = rows.get(block.path, 0) + block.length
-        for path, n in rows.items():
-            out[f"{path}.weight"] = (n, h)
-            if self.mlp_bias:
-                out[f"{path}.bias"] = (n,)
-        out[f"{self.down_proj(i)}.weight"] = (h, ffn)
-        if self.mlp_bias:
-            out[f"{self.down_proj(i)}.bias"] = (h,)
+        out.update(self._mlp_shapes(i))
         return out
 
     def layer_tensor_names(self, i: int) -> list[str]:
@@ -430,8 +489,111 @@ class FamilyAdapter:
         c = self
         return (
             f"{type(self).__name__}(layers={c.num_hidden_layers}, hidden={c.hidden_size}, ffn={c.intermediate_size}, "
-            f"heads={c.num_attention_heads}, kv_heads={c.num_key_value_heads}, head_dim={c.head_dim})"
+            f"heads={c.num_attention_heads}, kv_heads={c.num_key_value_heads}, head_dim={c.head_dim}"
+            + (f", experts={c.num_experts})" if c.moe else ")")
         )
+
+
+class MoEAdapter(FamilyAdapter):
+    """A decoder whose MLP is a sparse mixture of experts in transformers 5's layout: `mlp.gate` is the router
+    (`weight` [num_experts, hidden], one row of logits per expert) and `mlp.experts` holds every expert's gated
+    MLP fused in two 3-D parameters, `gate_up_proj` [num_experts, 2 * ffn, hidden] (gate rows, then up rows:
+    `chunk(2, dim=-1)` in the experts' forward) and `down_proj` [num_experts, hidden, ffn].
+
+    The `experts` axis slices dimension 0 of the three together (the router's rows stay aligned with the kept
+    experts); the `mlp` axis keeps the same number of neurons in each kept expert but chooses them per expert."""
+
+    moe = True
+    gated_mlp = True
+    # How checkpoints store the MoE block: its module name and each expert's (gate, up, down) linear layers,
+    # one key per expert (transformers' conversion mapping merges them into the fused parameters on load).
+    stored_block: str = "mlp"
+    stored_experts: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    _FUSED = re.compile(r"^(?P<layer>.*\.layers\.\d+)\.mlp\.(?P<what>gate\.weight|experts\.gate_up_proj|experts\.down_proj)$")
+
+    def validate(self) -> None:
+        super().validate()
+        top_k = self.config.num_experts_per_tok
+        if not 1 <= top_k <= self.num_experts:
+            raise MinitronError(
+                f"num_experts_per_tok={top_k} must be between 1 and num_experts={self.num_experts}; "
+                "set num_experts_per_tok to at most the experts a layer has"
+            )
+
+    @property
+    def experts_field(self) -> str:
+        """The config key that stores the expert count (`num_experts` is an alias of it in both configs)."""
+        return type(self.config).attribute_map.get("num_experts", "num_experts")
+
+    @property
+    def num_experts_per_tok(self) -> int:
+        return self.config.num_experts_per_tok
+
+    def router(self, i: int) -> str:
+        return f"{self.layer(i)}.mlp.gate"
+
+    def experts(self, i: int) -> str:
+        return f"{self.layer(i)}.mlp.experts"
+
+    def mlp_in(self, i: int) -> list[str]:
+        raise MinitronError(f"the {self.family} MLP is a mixture of experts with no up projection module; use experts(i)")
+
+    def down_proj(self, i: int) -> str:
+        raise MinitronError(f"the {self.family} MLP is a mixture of experts with no down projection module; use experts(i)")
+
+    def _mlp_hidden_tensors(self, i: int) -> list[TensorSlice]:
+        e = self.experts(i)
+        return [TensorSlice(f"{self.router(i)}.weight", 1), TensorSlice(f"{e}.gate_up_proj", 2), TensorSlice(f"{e}.down_proj", 1)]
+
+    def _mlp_tensors(self, i: int) -> list[TensorSlice]:
+        e, ffn = self.experts(i), self.intermediate_size
+        return [
+            TensorSlice(f"{e}.gate_up_proj", 1, 1, 0, ffn, per_expert=True),
+            TensorSlice(f"{e}.gate_up_proj", 1, 1, ffn, ffn, per_expert=True),
+            TensorSlice(f"{e}.down_proj", 2, per_expert=True),
+        ]
+
+    def _expert_tensors(self, i: int) -> list[TensorSlice]:
+        e = self.experts(i)
+        return [TensorSlice(f"{self.router(i)}.weight", 0), TensorSlice(f"{e}.gate_up_proj", 0), TensorSlice(f"{e}.down_proj", 0)]
+
+    def stored_shapes(self, name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        m = self._FUSED.match(name)
+        if m is None:
+            return {name: shape}
+        block = f"{m['layer']}.{self.stored_block}"
+        if m["what"] == "gate.weight":
+            return {f"{block}.gate.weight": shape}
+        n = shape[0] if shape else self.num_experts
+        gate, up, down = self.stored_experts
+        key = lambda e, which: f"{block}.experts.{e}.{which}.weight"
+        if m["what"] == "experts.down_proj":
+            return {key(e, down): tuple(shape[1:]) for e in range(n)}
+        rows = (shape[1] // 2, shape[2]) if shape else ()
+        return {key(e, which): rows for e in range(n) for which in (gate, up)}
+
+    def from_stored(self, name: str, parts: list[Tensor]) -> Tensor:
+        m = self._FUSED.match(name)
+        if m is None or m["what"] == "gate.weight":
+            return parts[0]
+        if m["what"] == "experts.down_proj":
+            return torch.stack(parts)
+        return torch.stack([torch.cat(parts[2 * e : 2 * e + 2]) for e in range(len(parts) // 2)])
+
+    def to_stored(self, name: str, tensor: Tensor) -> dict[str, Tensor]:
+        keys = list(self.stored_shapes(name, tuple(tensor.shape)))
+        m = self._FUSED.match(name)
+        if m is None or m["what"] == "gate.weight":
+            return {keys[0]: tensor}
+        if m["what"] == "experts.down_proj":
+            parts = list(tensor.unbind(0))
+        else:
+            parts = [half for expert in tensor.unbind(0) for half in expert.chunk(2)]
+        return {k: p.contiguous() for k, p in zip(keys, parts)}
+
+    def _mlp_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        h, ffn, n, e = self.hidden_size, self.intermediate_size, self.num_experts, self.experts(i)
+        return {f"{self.router(i)}.weight": (n, h), f"{e}.gate_up_proj": (n, 2 * ffn, h), f"{e}.down_proj": (n, h, ffn)}
 
 
 def _prod(shape: tuple[int, ...]) -> int:

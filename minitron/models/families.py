@@ -8,7 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from minitron.models.adapter import FamilyAdapter
+from minitron.errors import MinitronError
+from minitron.models.adapter import FamilyAdapter, MoEAdapter
 
 
 class NemotronAdapter(FamilyAdapter):
@@ -155,6 +156,38 @@ class SmolLM3Adapter(FamilyAdapter):
     per_layer_config_fields = ("layer_types", "no_rope_layers")
 
 
+class MixtralAdapter(MoEAdapter):
+    """`MixtralForCausalLM`: the Mistral layer with a sparse MoE in place of the MLP; every expert is
+    `intermediate_size` neurons wide and the expert count is `num_local_experts` (alias `num_experts`)."""
+
+    family = "mixtral"
+    model_types = ("mixtral",)
+    # Mixtral checkpoints keep the original release's names: `block_sparse_moe`, with w1 (gate), w3 (up), w2 (down)
+    stored_block = "block_sparse_moe"
+    stored_experts = ("w1", "w3", "w2")
+
+
+class Qwen3MoeAdapter(MoEAdapter):
+    """`Qwen3MoeForCausalLM`: the Qwen3 layer (per-head `q_norm`/`k_norm`) with a sparse MoE whose experts are
+    `moe_intermediate_size` neurons wide (`intermediate_size` is the width of dense MLP layers, which this
+    adapter refuses: every layer must be sparse so that one layout describes them all)."""
+
+    family = "qwen3_moe"
+    model_types = ("qwen3_moe",)
+    qk_norm = "head"
+    mlp_size_field = "moe_intermediate_size"
+
+    def validate(self) -> None:
+        super().validate()
+        c = self.config
+        if c.mlp_only_layers or c.decoder_sparse_step != 1:
+            raise MinitronError(
+                f"qwen3_moe with dense MLP layers (mlp_only_layers={list(c.mlp_only_layers or [])}, "
+                f"decoder_sparse_step={c.decoder_sparse_step}) is not supported; every layer must be sparse "
+                "(mlp_only_layers=[] and decoder_sparse_step=1)"
+            )
+
+
 FAMILIES: tuple[type[FamilyAdapter], ...] = (
     NemotronAdapter,
     LlamaAdapter,
@@ -165,4 +198,6 @@ FAMILIES: tuple[type[FamilyAdapter], ...] = (
     Phi3Adapter,
     GraniteAdapter,
     SmolLM3Adapter,
+    MixtralAdapter,
+    Qwen3MoeAdapter,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from minitron.models.adapter import FamilyAdapter
 from minitron.models.families import FAMILIES
 
-COLUMNS = ("family", "model types (classes)", "hidden", "heads", "KV groups", "MLP", "depth")
+COLUMNS = ("family", "model types (classes)", "hidden", "heads", "KV groups", "MLP", "experts", "depth")
 
 
 def _overrides(cls: type[FamilyAdapter], method: str) -> bool:
@@ -35,10 +35,13 @@ def _cells(cls: type[FamilyAdapter]) -> list[str]:
     mlp = ["gated" if cls.gated_mlp else "no gate"]
     if cls.fused_gate_up:
         mlp.append(f"blocks of fused `{cls.fused_gate_up.rsplit('.', 1)[-1]}`")
+    if cls.moe:
+        mlp = [f"each expert's own neurons (`{cls.mlp_size_field}`)", "gated"]
+    experts = "yes: router rows with the experts; `num_experts_per_tok` at most the kept" if cls.moe else "no (dense)"
     extra = [f"`{f}`" for f in cls.per_layer_config_fields if f != "layer_types"]  # every family slices layer_types
     depth = [f"{', '.join(extra)} follow the kept layers"] if extra else []
     yes = lambda notes: "yes" + (f": {'; '.join(notes)}" if notes else "")
-    return [cls.family, types, yes(hidden), yes(heads), yes(groups), yes(mlp), yes(depth)]
+    return [cls.family, types, yes(hidden), yes(heads), yes(groups), yes(mlp), experts, yes(depth)]
 
 
 def support_table() -> str:

@@ -5,7 +5,8 @@
     >>> model = tiny_model("llama", seed=1, num_hidden_layers=4)
 
 Every model has vocab 128, hidden 64, 2 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16 and
-intermediate 128, in float32, unless overridden. `gemma3` is the text-only `Gemma3ForCausalLM`. Building one never touches the network or the global RNG.
+intermediate 128, in float32, unless overridden. `gemma3` is the text-only `Gemma3ForCausalLM`. `mixtral` and
+`qwen3_moe` have 4 experts of 48 neurons, 2 routed per token. Building one never touches the network or the global RNG.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from transformers import (
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     NemotronConfig,
     Olmo2Config,
     Phi3Config,
@@ -27,6 +29,7 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen3Config,
+    Qwen3MoeConfig,
     SmolLM3Config,
 )
 
@@ -44,6 +47,8 @@ _CONFIGS: dict[str, type[PretrainedConfig]] = {
     "phi3": Phi3Config,
     "granite": GraniteConfig,
     "smollm3": SmolLM3Config,
+    "mixtral": MixtralConfig,
+    "qwen3_moe": Qwen3MoeConfig,
 }
 
 _COMMON: dict[str, Any] = dict(
@@ -76,6 +81,9 @@ _FAMILY: dict[str, dict[str, Any]] = {
     "phi3": dict(),
     "granite": dict(embedding_multiplier=4.0, residual_multiplier=0.5, attention_multiplier=0.125, logits_scaling=2.0),
     "smollm3": dict(no_rope_layer_interval=2, tie_word_embeddings=True),
+    # 4 experts, 2 per token; Qwen3-MoE's experts are narrower than its (unused) dense intermediate_size.
+    "mixtral": dict(head_dim=16, sliding_window=None, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
+    "qwen3_moe": dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True),
 }
 
 TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)

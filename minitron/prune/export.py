@@ -135,24 +135,36 @@ def prune_checkpoint_streaming(
     config = AutoConfig.from_pretrained(str(teacher), trust_remote_code=trust_remote_code)
     plan = make_plan(config, importance, target)  # every check happens before anything is written
     reader = CheckpointReader(teacher)
-    shapes = plan.pruned_adapter.tensor_shapes()
+    source_adapter, pruned_adapter = plan.adapter, plan.pruned_adapter
     specs: dict[str, tuple[str, tuple[int, ...]]] = {}
     sizes: dict[str, int] = {}
-    for name, shape in shapes.items():
+    owner: dict[str, str] = {}  # stored key -> the pruned model tensor it is part of
+    for name, shape in pruned_adapter.tensor_shapes().items():
         source = plan.source_name(name)
-        if source not in reader:
+        parts = [source] if source in reader else list(source_adapter.stored_shapes(source, ()))
+        if not all(p in reader for p in parts):
             raise MinitronError(f"teacher checkpoint {teacher} has no tensor '{source}'")
-        dtype = reader.dtype(source)
-        numel = 1
-        for d in shape:
-            numel *= d
-        specs[name], sizes[name] = (dtype, shape), numel * _SAFETENSORS_DTYPES[dtype]
+        dtype = reader.dtype(parts[0])
+        # Written as `save_pretrained` writes it (e.g. one key per expert for a fused MoE parameter).
+        for key, stored in pruned_adapter.stored_shapes(name, shape).items():
+            numel = 1
+            for d in stored:
+                numel *= d
+            specs[key], sizes[key], owner[key] = (dtype, stored), numel * _SAFETENSORS_DTYPES[dtype], name
     shards = _shard_plan(sizes, parse_size(max_shard_size))
     files = [WEIGHTS] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    pending: dict[str, dict[str, torch.Tensor]] = {}  # the stored parts of a model tensor not yet written
 
-    def produce(name: str) -> torch.Tensor:
-        source = plan.source_name(name)
-        return plan.apply(source, reader.get(source))
+    def produce(key: str) -> torch.Tensor:
+        name = owner[key]
+        if name not in pending:
+            source = plan.source_name(name)
+            tensor = source_adapter.read_stored(source, reader.__contains__, reader.get)
+            pending[name] = pruned_adapter.to_stored(name, plan.apply(source, tensor))
+        part = pending[name].pop(key)
+        if not pending[name]:
+            del pending[name]  # nothing of it outlives its last part's write
+        return part
 
     with output_folder(out, overwrite=overwrite) as tmp:
         weight_map = {}

@@ -54,10 +54,13 @@ class PrunePlan:
     hidden: Tensor
     heads: dict[int, Tensor]  # source layer -> kept query heads
     kv_groups: dict[int, Tensor]  # source layer -> kept KV heads
-    mlp: dict[int, Tensor]  # source layer -> kept neurons
+    mlp: dict[int, Tensor]  # source layer -> kept neurons; MoE: [kept experts, kept neurons], one row per kept expert
     fold: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept head, pruned head) pairs
+    experts: dict[int, Tensor] = field(default_factory=dict)  # MoE: source layer -> kept experts
     # name -> dim -> (offset, length, kept element indices within the block) per cut block of that dimension
     _cuts: dict[str, dict[int, list[tuple[int, int | None, Tensor]]]] = field(default_factory=dict, repr=False)
+    # the same for per-expert cuts: the kept indices are one row per kept expert (applied after the expert cut)
+    _expert_cuts: dict[str, dict[int, list[tuple[int, int | None, Tensor]]]] = field(default_factory=dict, repr=False)
     _folds: dict[str, list[tuple[int, int, int, list[tuple[int, int]]]]] = field(default_factory=dict, repr=False)
     _transforms: dict[str, Callable[[Tensor], Tensor]] = field(default_factory=dict, repr=False)
 
@@ -73,10 +76,15 @@ class PrunePlan:
         return get_adapter(self.config)
 
     def _cut(self, t: TensorSlice, index: Tensor) -> None:
-        blocks = self._cuts.setdefault(t.name, {}).setdefault(t.dim, [])
+        cuts = self._expert_cuts if t.per_expert else self._cuts
+        blocks = cuts.setdefault(t.name, {}).setdefault(t.dim, [])
         if any(offset == t.offset for offset, _, _ in blocks):
             raise ValueError(f"two cuts of the block at {t.offset} of dimension {t.dim} of '{t.name}'")
-        blocks.append((t.offset, t.length, expand(index, t.unit)))
+        if t.per_expert:
+            index = torch.stack([expand(row, t.unit) for row in index])
+        else:
+            index = expand(index, t.unit)
+        blocks.append((t.offset, t.length, index))
 
     def _index_tensors(self) -> None:
         a = self.adapter
@@ -96,9 +104,12 @@ class PrunePlan:
                 for t in a.axis_tensors("kv_groups", i):
                     if t.key not in q_and_o:  # q rows and o columns follow the kept heads above
                         self._cut(t, self.kv_groups[i])
-            if len(self.mlp[i]) != a.intermediate_size:
+            if self.mlp[i].shape[-1] != a.intermediate_size:
                 for t in a.axis_tensors("mlp", i):
                     self._cut(t, self.mlp[i])
+            if a.moe and len(self.experts[i]) != a.num_experts:
+                for t in a.axis_tensors("experts", i):
+                    self._cut(t, self.experts[i])
             if self.fold.get(i):
                 # Multi-head attention: a head owns its K and V rows too; with GQA they are shared by the group.
                 owned = a.axis_tensors("kv_groups", i) if a.heads_per_group == 1 else head_slices
@@ -135,6 +146,13 @@ class PrunePlan:
         for dim, blocks in self._cuts.get(name, {}).items():
             index = _dim_index(tensor.shape[dim], blocks)
             tensor = tensor.index_select(dim, index.to(tensor.device))
+        for dim, blocks in self._expert_cuts.get(name, {}).items():
+            # dimension 0 already holds the kept experts, in the order of the rows of each block's index
+            per_expert = []
+            for e in range(tensor.shape[0]):
+                index = _dim_index(tensor.shape[dim], [(offset, length, rows[e]) for offset, length, rows in blocks])
+                per_expert.append(tensor[e].index_select(dim - 1, index.to(tensor.device)))
+            tensor = torch.stack(per_expert)
         transform = self._transforms.get(name)
         if transform is not None:
             tensor = transform(tensor)
@@ -222,8 +240,9 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
         "intermediate_size": shape.intermediate_size != a.intermediate_size,
         "num_attention_heads": shape.num_attention_heads != a.num_attention_heads,
         "num_key_value_heads": shape.num_key_value_heads != a.num_key_value_heads,
+        "num_experts": shape.num_experts != a.num_experts,
     }
-    needed = [k for k, v in width.items() if v]
+    needed = [a.mlp_size_field if k == "intermediate_size" else k for k, v in width.items() if v]
     if needed and importance is None:
         raise MinitronError(
             f"target.{needed[0]} prunes width, which needs importance scores; pass a scores file or let "
@@ -234,8 +253,17 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
     hidden = top_k(importance.hidden, shape.hidden_size) if width["hidden_size"] else torch.arange(a.hidden_size)
     heads, kv_groups, mlp, fold = {}, {}, {}, {}
     per_group = shape.num_attention_heads // shape.num_key_value_heads
+    experts: dict[int, Tensor] = {}
     for i in keep_layers:
-        mlp[i] = top_k(importance.mlp[i], shape.intermediate_size) if width["intermediate_size"] else torch.arange(a.intermediate_size)
+        if a.moe:
+            # Experts by their scores, then each kept expert's own neurons by that expert's neuron scores.
+            experts[i] = top_k(importance.experts[i], shape.num_experts) if width["num_experts"] else torch.arange(a.num_experts)
+            mlp[i] = torch.stack([
+                top_k(importance.mlp[i][e], shape.intermediate_size) if width["intermediate_size"] else torch.arange(a.intermediate_size)
+                for e in experts[i].tolist()
+            ])
+        else:
+            mlp[i] = top_k(importance.mlp[i], shape.intermediate_size) if width["intermediate_size"] else torch.arange(a.intermediate_size)
         if not (width["num_attention_heads"] or width["num_key_value_heads"]):
             heads[i], kv_groups[i] = torch.arange(a.num_attention_heads), torch.arange(a.num_key_value_heads)
             continue
@@ -256,4 +284,4 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
             pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_attention_heads)))
         if pairs:
             fold[i] = pairs
-    return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold)
+    return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold, experts)

@@ -35,6 +35,7 @@ class Candidate:
     parameters: int
     zero_shot_loss: float | None = None
     retrained_loss: float | None = None
+    mlp_key: str = "intermediate_size"  # the target key of the MLP (expert) width in the source's family
 
     @property
     def shape(self) -> Shape:
@@ -43,7 +44,8 @@ class Candidate:
     def target(self, depth_metric: str = "bi") -> Target:
         # Candidates of many depths share one scores file, and block scores exist for one block length only, so a
         # contiguous window is ranked here by the sum of its single-layer scores.
-        return Target(**self.shape.as_dict(), depth_metric=depth_metric, block_metric="sum", name=self.label)
+        sizes = _target_sizes(self.shape.as_dict(), self.mlp_key)
+        return Target(**sizes, depth_metric=depth_metric, block_metric="sum", name=self.label)
 
     @property
     def label(self) -> str:
@@ -87,7 +89,7 @@ def enumerate_candidates(
         shape = dict(num_hidden_layers=n_layers, hidden_size=hidden, intermediate_size=ffn, num_attention_heads=n_heads, num_key_value_heads=kv)
         params = _count(a, shape)
         if low <= params <= high and _valid(config, shape):
-            out.append(Candidate(**shape, parameters=params))
+            out.append(Candidate(**shape, parameters=params, mlp_key=a.mlp_size_field))
     out.sort(key=lambda c: (-c.parameters, c.label))
     return out
 
@@ -95,10 +97,17 @@ def enumerate_candidates(
 def _valid(config: PretrainedConfig, shape: dict[str, int]) -> bool:
     """Whether the config class accepts the shape (e.g. `LlamaConfig` wants hidden_size % num_attention_heads == 0)."""
     try:
-        Target(**shape).resolve(config)
+        Target(**_target_sizes(shape, get_adapter(config).mlp_size_field)).resolve(config)
     except MinitronError:
         return False
     return True
+
+
+def _target_sizes(shape: dict[str, int], mlp_key: str) -> dict[str, int]:
+    """`shape` under target keys: the MLP width under the family's own key (Qwen3-MoE: `moe_intermediate_size`)."""
+    sizes = dict(shape)
+    sizes[mlp_key] = sizes.pop("intermediate_size")
+    return sizes
 
 
 def _count(a, shape: dict[str, int]) -> int:

@@ -3,7 +3,9 @@
 A size is either an absolute integer (`hidden_size: 4096`) or a fraction of the source in (0, 1]
 (`intermediate_size: 0.5` keeps half of the MLP neurons); null keeps the axis whole. Depth is set by
 `num_hidden_layers` (which layers go is decided by `depth_metric` from the importance scores) or by an explicit
-`drop_layers` list. Every check raises a one-line `MinitronError` that names the field.
+`drop_layers` list. Mixture-of-experts families add `num_experts` (experts kept per layer: the same key for
+Mixtral, whose config calls it `num_local_experts`, and Qwen3-MoE) and prune each expert's neurons with the key
+their config uses: `intermediate_size` for Mixtral, `moe_intermediate_size` for Qwen3-MoE. Every check raises a one-line `MinitronError` that names the field.
 
 Layer indices count from 0, like the `model.layers.N` keys of a Hugging Face checkpoint. NVIDIA's tools count
 from 1 (NeMo's `PruningConfig.drop_layers`, Model Optimizer's `drop_mcore_language_model_layers`), so their
@@ -35,6 +37,8 @@ SIZE_FIELDS: tuple[str, ...] = (
     "num_attention_heads",
     "num_key_value_heads",
 )
+# Target keys of mixture-of-experts families (see `Target.shape` for how they map onto the config).
+EXPERT_FIELDS: tuple[str, ...] = ("num_experts", "moe_intermediate_size")
 DEPTH_METRICS: tuple[str, ...] = ("bi", "loss", "contiguous")
 # How `contiguous` ranks the blocks: by block scores ("loss": LM loss with the block skipped, "bi": 1 - cos across
 # the block; see minitron.importance.blocks) or by the sum of the block's single-layer scores ("sum").
@@ -50,21 +54,37 @@ def depth_scores_for(depth_metric: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Shape:
-    """The resolved, homogeneous sizes of a model (HF field names)."""
+    """The resolved, homogeneous sizes of a model: `intermediate_size` is the neurons of one MLP (of one expert in
+    an MoE family), `num_experts` the experts per layer (None for a dense family)."""
 
     num_hidden_layers: int
     hidden_size: int
     intermediate_size: int
     num_attention_heads: int
     num_key_value_heads: int
+    num_experts: int | None = None
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> Shape:
         a = get_adapter(config)
-        return cls(a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.num_attention_heads, a.num_key_value_heads)
+        return cls(a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.num_attention_heads,
+                   a.num_key_value_heads, a.num_experts)
 
     def as_dict(self) -> dict[str, int]:
-        return {f: getattr(self, f) for f in SIZE_FIELDS}
+        out = {f: getattr(self, f) for f in SIZE_FIELDS}
+        return out if self.num_experts is None else {**out, "num_experts": self.num_experts}
+
+    def config_fields(self, config: PretrainedConfig) -> dict[str, int]:
+        """These sizes under the config keys of `config`'s family (Qwen3-MoE's expert width is
+        `moe_intermediate_size`, the expert count is `num_local_experts`); an MoE config routes each token to
+        at most the kept experts."""
+        a = get_adapter(config)
+        out = {f: getattr(self, f) for f in SIZE_FIELDS if f != "intermediate_size"}
+        out[a.mlp_size_field] = self.intermediate_size
+        if a.moe:
+            out[a.experts_field] = self.num_experts
+            out["num_experts_per_tok"] = min(a.num_experts_per_tok, self.num_experts)
+        return out
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,8 @@ class Target:
     intermediate_size: int | float | None = None
     num_attention_heads: int | float | None = None
     num_key_value_heads: int | float | None = None
+    num_experts: int | float | None = None
+    moe_intermediate_size: int | float | None = None
     drop_layers: tuple[int, ...] | None = None
     depth_metric: str = "bi"
     block_metric: str = "loss"
@@ -95,7 +117,7 @@ class Target:
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for key in SIZE_FIELDS:
+        for key in (*SIZE_FIELDS, *EXPERT_FIELDS):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -172,7 +194,14 @@ class Target:
         """The pruned sizes for a source `config`; raises MinitronError for an impossible target."""
         src = Shape.of(config)
         adapter = get_adapter(config)
-        sizes = {key: self._size(key, getattr(src, key)) for key in SIZE_FIELDS}
+        sizes = {key: self._size(key, getattr(src, key)) for key in SIZE_FIELDS if key != "intermediate_size"}
+        sizes["intermediate_size"] = self._size(self._mlp_key(adapter), src.intermediate_size)
+        if self.num_experts is not None and not adapter.moe:
+            raise MinitronError(
+                f"target.num_experts={self.num_experts} needs a mixture-of-experts model but {adapter.family} is "
+                "dense; remove target.num_experts"
+            )
+        experts = self._size("num_experts", src.num_experts) if adapter.moe else None
 
         heads, kv = sizes["num_attention_heads"], sizes["num_key_value_heads"]
         if kv is None and heads is not None and src.num_attention_heads == src.num_key_value_heads:
@@ -217,7 +246,19 @@ class Target:
             intermediate_size=sizes["intermediate_size"] or src.intermediate_size,
             num_attention_heads=heads,
             num_key_value_heads=kv,
+            num_experts=experts or src.num_experts,
         )
+
+    def _mlp_key(self, adapter) -> str:
+        """The target key that sizes each MLP (each expert): the family's own config name for it."""
+        key, other = adapter.mlp_size_field, ("intermediate_size" if adapter.mlp_size_field != "intermediate_size"
+                                              else "moe_intermediate_size")
+        if getattr(self, other) is not None:
+            raise MinitronError(
+                f"target.{other} does not apply to {adapter.family}, whose "
+                f"{'experts' if adapter.moe else 'MLPs'} are sized by {key}; set target.{key} instead"
+            )
+        return key
 
     def resolve(self, config: PretrainedConfig, keep_layers: Sequence[int] | None = None) -> PretrainedConfig:
         """The pruned config, built through the config class so that every other field carries over.
@@ -229,7 +270,7 @@ class Target:
         shape = self.shape(config)
         adapter = get_adapter(config)
         values = config.to_dict()
-        values.update(shape.as_dict())
+        values.update(shape.config_fields(config))
         # head_dim is independent of hidden_size / num_attention_heads once either is pruned: always write it.
         values["head_dim"] = adapter.head_dim
         keep = list(range(shape.num_hidden_layers)) if keep_layers is None else list(keep_layers)

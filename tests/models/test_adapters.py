@@ -130,6 +130,8 @@ def test_layers_axis_and_range_checks():
     with pytest.raises(ValueError, match="per layer"):
         adapter.axis_tensors("heads")
     with pytest.raises(ValueError, match="unknown axis"):
+        adapter.axis_tensors("rows", 0)
+    with pytest.raises(ValueError, match="axis 'experts' needs a mixture-of-experts family; nemotron is dense"):
         adapter.axis_tensors("experts", 0)
 
 
@@ -142,7 +144,7 @@ def test_config_alone_is_enough():
 
 
 def test_unsupported_architecture_lists_the_supported_ones():
-    types = ("nemotron, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3, granite, smollm3")
+    types = ("nemotron, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3, granite, smollm3, mixtral, qwen3_moe")
     assert ", ".join(SUPPORTED_MODEL_TYPES) == types
     with pytest.raises(MinitronError, match=rf"model_type='gpt2'.*supported model types: {types}$"):
         get_adapter(GPT2Config())

@@ -75,3 +75,36 @@ def test_pipeline_runs_with_a_tiny_teacher_of_the_family(shared, family):
     report = (root / family / "run" / "report.md").read_text()
     assert "| teacher |" in report and "| distilled |" in report
     assert json.loads((root / family / "run" / "stages" / "distill.json").read_text())["steps"] == 3
+
+
+# Mixture of experts (tiny teachers with 4 experts, 2 per token): experts 4->3 and expert neurons 48->32, each
+# under the family's own config key, on top of the hidden and head targets above.
+EXPERT_SIZE = {"mixtral": "intermediate_size", "qwen3_moe": "moe_intermediate_size"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", EXPERT_SIZE)
+def test_pipeline_runs_with_a_tiny_moe_teacher(shared, family):
+    root, cache, tokenizer = shared
+    ids = {t: tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{t}_token")) for t in ("pad", "bos", "eos")}
+    teacher = tiny_model(family, seed=0, vocab_size=len(tokenizer), **{f"{t}_token_id": i for t, i in ids.items()})
+    teacher_dir = root / family / "teacher"
+    teacher.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    size = EXPERT_SIZE[family]
+    # the default target's dense MLP size is no key of Qwen3-MoE's: cleared, then the family's own key is set
+    overrides = [o for o in PIPELINE if not o.startswith("target.intermediate_size=")]
+    overrides += [cache, f"teacher={teacher_dir}", "target.intermediate_size=null", "target.num_experts=3", f"target.{size}=32"]
+
+    result = run(compose("pipeline", overrides), run_dir=root / family / "run")
+
+    stages, ev = result["stages"], result["eval"]
+    student = AutoModelForCausalLM.from_pretrained(stages["distill"]["path"])
+    assert type(student) is type(teacher)
+    config = student.config
+    assert (config.hidden_size, config.num_attention_heads, config.num_experts, getattr(config, size)) == (48, 2, 3, 32)
+    assert config.num_experts_per_tok == 2
+    assert student.num_parameters() == stages["prune"]["params"] < teacher.num_parameters()
+    for name in ("teacher", "pruned", "distilled"):
+        assert torch.isfinite(torch.tensor(ev[name]["val_loss"])), name
+    assert json.loads((root / family / "run" / "stages" / "distill.json").read_text())["steps"] == 3
