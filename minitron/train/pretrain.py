@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +27,9 @@ from minitron.config import compose, stable_hash, to_plain
 from minitron.data import load_corpus
 from minitron.data.calibration import cache_root, cached_bpe_tokenizer, packed_splits
 from minitron.errors import MinitronError
-from minitron.io import write_json
+from minitron.io import file_lock, write_json
 from minitron.models import get_adapter
-from minitron.ranks import is_main_process
+from minitron.ranks import is_main_process, world_size
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
     LossTrainer,
@@ -143,6 +144,16 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
     key = stable_hash(to_plain(arch), cfg.model.get("path"), to_plain(cfg.train), cfg.data.seq_len, cfg.data.get("max_train_docs"),
                       corpus.key, tokenizer_key, cfg.seed)
     out = Path(str(cfg.out)) if cfg.get("out") else cache_root(cfg.cache_dir) / "models" / f"{cfg.model.name}-{key}"
+    # A model in the shared cache is built by one process at a time; another one that needs it waits and reuses
+    # it. Not under torchrun: the ranks of a launch train it together, so none of them may wait for another.
+    shared = not cfg.get("out") and cfg.get("cache", True) and world_size() == 1
+    with file_lock(out, what=f"the model {out}") if shared else nullcontext():
+        return _pretrain_into(out, cfg, run_dir, corpus, tokenizer, tokenizer_key, settings)
+
+
+def _pretrain_into(out: Path, cfg: DictConfig, run_dir: Path, corpus, tokenizer, tokenizer_key: str,
+                   settings: TrainSettings) -> PretrainResult:
+    arch = cfg.model.arch
     summary_file = out / SUMMARY_FILE
     if cfg.get("cache", True) and summary_file.is_file():
         saved = json.loads(summary_file.read_text())
