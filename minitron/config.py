@@ -19,7 +19,6 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minitron.errors import MinitronError
-from minitron.ranks import world_size
 
 
 def run_id() -> str:
@@ -29,7 +28,7 @@ def run_id() -> str:
     launch derives the same digits from the launch's rendezvous (master address and port, run id), so the ranks
     share one folder.
     """
-    if world_size() > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # as minitron.ranks reads it (base modules do not import it)
         launch = "|".join(os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
         return hashlib.sha256(launch.encode()).hexdigest()[:6]
     return secrets.token_hex(3)

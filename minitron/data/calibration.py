@@ -63,6 +63,7 @@ def packed_splits(data_cfg: Any, cache_dir: Any, tokenizer, tokenizer_key: str, 
     path = cache_root(cache_dir) / "packed" / key
 
     def build() -> None:
+        print(f"packing the corpus into blocks of {data_cfg.seq_len} tokens (cached in {path})")
         packed = build_datasets(data_cfg, tokenizer, corpus=corpus)
         for split, ds in packed.items():
             _check_not_empty(split, ds, corpus)
