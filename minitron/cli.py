@@ -98,6 +98,8 @@ def _run_app(verb: str, run_fn, args: list[str]) -> None:
             if debug:
                 traceback.print_exc()
             print(f"minitron {verb}: error: {_os_error(e)}", file=sys.stderr)
+            if fresh and not debug:
+                _remove_bookkeeping_only(run_dir)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print(f"\nminitron {verb}: interrupted; run folder kept at {run_dir}", file=sys.stderr)
