@@ -130,8 +130,6 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
     """
     run_dir = Path(run_dir)
     corpus = load_corpus(cfg.data)
-    if is_main_process():
-        write_json(run_dir / "corpus.json", corpus.fingerprint)
     tokenizer, tokenizer_key = load_tokenizer(cfg, corpus)
 
     arch = cfg.model.arch
@@ -161,12 +159,15 @@ def _pretrain_into(out: Path, cfg: DictConfig, run_dir: Path, corpus, tokenizer,
         result = PretrainResult(**{k: saved[k] for k in PretrainResult.__dataclass_fields__})
         if is_main_process():
             print(f"reusing the cached model at {out} (validation loss {result.val_loss:.3f})")
+            write_json(run_dir / "corpus.json", corpus.fingerprint)
             write_json(run_dir / "metrics.json", asdict(result))
         return result
     if out.exists() and any(out.iterdir()) and not cfg.get("overwrite", False):
         raise MinitronError(f"out={out} exists and is not empty; choose another folder or pass overwrite=true")
 
     splits = packed_splits(cfg.data, cfg.cache_dir, tokenizer, tokenizer_key, corpus)
+    if is_main_process():  # once the data is known to be usable: a run that fails before leaves no folder
+        write_json(run_dir / "corpus.json", corpus.fingerprint)
     if cfg.model.get("path"):
         model = load_model(cfg.model.path, dtype=cfg.model.get("dtype", "float32"),
                            trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))
