@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from minitron.errors import MinitronError, first_line
+from minitron.errors import MinitronError, first_line, hub_problem
 from minitron.io import atomic_path
 from minitron.models import get_adapter
 
@@ -77,7 +77,7 @@ def load_config(path: str | os.PathLike, *, trust_remote_code: bool = False) -> 
     try:
         return AutoConfig.from_pretrained(str(local if local.exists() else path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        raise MinitronError(f"cannot read the config of {path}: {first_line(e)}") from None
+        raise MinitronError(_hub_or(e, local, f"cannot read the config of {path}: {first_line(e)}")) from None
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
@@ -98,9 +98,15 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
             use_safetensors=True,
         )
     except Exception as e:  # transformers, safetensors and hub errors come in many types; all mean "cannot load"
-        raise MinitronError(f"cannot load the checkpoint {path}: {first_line(e)}") from None
+        raise MinitronError(_hub_or(e, local, f"cannot load the checkpoint {path}: {first_line(e)}")) from None
     get_adapter(model)
     return model
+
+
+def _hub_or(err: BaseException, local: Path, otherwise: str) -> str:
+    """A hub id that cannot be fetched is a network problem, not a broken checkpoint: say so (hub_problem)."""
+    hub = None if local.exists() else hub_problem(err, wanted=str(local))
+    return hub if hub is not None else otherwise
 
 
 def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False):

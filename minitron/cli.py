@@ -13,7 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, first_line, hub_problem
 
 VERBS: dict[str, str] = {
     "pretrain": "train a model from scratch with the causal-LM loss (makes the embedded tiny teacher)",
@@ -77,10 +77,14 @@ def _run_app(verb: str, run_fn, args: list[str]) -> None:
     from minitron.config import config_dir
 
     debug = _debug_requested(args)
+    # An explicit run folder that exists already (a resumed run, a shared folder) is never removed on failure;
+    # the default one carries a per-run id and is always new.
+    given = _given_run_dir(args)
+    existed = given is not None and given.exists()
 
     def task(cfg: DictConfig):
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        fresh = not any(p.name not in (".hydra",) and not p.name.endswith(".log") for p in run_dir.iterdir())
+        fresh = not existed and not _has_own_files(run_dir)
         try:
             return run_fn(cfg)
         except MinitronError as e:
@@ -90,10 +94,12 @@ def _run_app(verb: str, run_fn, args: list[str]) -> None:
             if fresh and not debug:
                 _remove_bookkeeping_only(run_dir)
             raise SystemExit(2) from None
-        except OSError as e:  # a path that cannot be read or written: name it, no traceback
+        except OSError as e:  # a path that cannot be read or written, or a hub that cannot be reached: say which
             if debug:
                 traceback.print_exc()
             print(f"minitron {verb}: error: {_os_error(e)}", file=sys.stderr)
+            if fresh and not debug:
+                _remove_bookkeeping_only(run_dir)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print(f"\nminitron {verb}: interrupted; run folder kept at {run_dir}", file=sys.stderr)
@@ -110,16 +116,48 @@ def _run_app(verb: str, run_fn, args: list[str]) -> None:
         sys.argv = saved
 
 
+def _given_run_dir(args: list[str]) -> Path | None:
+    """The run folder that `hydra.run.dir=...` (or `hydra.sweep.dir=...`) names on the command line, if any."""
+    for arg in args:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value:
+            return Path(value).expanduser()
+    return None
+
+
 def _os_error(e: OSError) -> str:
-    where = f" {e.filename}" if e.filename else ""
+    hub = hub_problem(e)
+    if hub is not None:
+        return hub
+    if not e.filename:  # not about a path of ours (a socket, a library's own I/O): say what it is
+        return f"{type(e).__name__}: {first_line(e)} (add debug=true for the traceback)"
     what = e.strerror or str(e).splitlines()[0]
-    return f"cannot use the path{where}: {what}; check the folder exists, is a folder, and is writable (or pick another path)"
+    return (f"cannot use the path {e.filename}: {what}; check the folder exists, is a folder, and is writable "
+            "(or pick another path)")
+
+
+def _has_own_files(run_dir: Path) -> bool:
+    try:
+        return any(not _bookkeeping(p) for p in run_dir.iterdir())
+    except OSError:
+        return True  # cannot tell: keep the folder
+
+
+def _bookkeeping(p: Path) -> bool:
+    return p.name in (".hydra", "config.yaml") or p.name.endswith(".log")
 
 
 def _remove_bookkeeping_only(run_dir: Path) -> None:
-    """A run that failed before writing anything of its own leaves no folder behind."""
-    if all(p.name in (".hydra", "config.yaml") or p.name.endswith(".log") for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+    """A run that failed before writing anything of its own leaves no folder behind.
+
+    Only called for a folder this run created (see `_run_app`), and it never raises: a failure here must not hide
+    the run's own error.
+    """
+    try:
+        if all(_bookkeeping(p) for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,25 @@ from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minitron.errors import MinitronError
+
+
+def run_id() -> str:
+    """Six hex digits that tell apart the run folders of runs started in the same second.
+
+    Fresh random digits for every run, except under torchrun / the DeepSpeed launcher: there every rank of one
+    launch derives the same digits from the launch's rendezvous (master address and port, run id), so the ranks
+    share one folder.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # as minitron.ranks reads it (base modules do not import it)
+        launch = "|".join(os.environ.get(k, "") for k in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"))
+        return hashlib.sha256(launch.encode()).hexdigest()[:6]
+    return secrets.token_hex(3)
+
+
+# `${minitron_run_id:}` in configs/common.yaml's hydra.run.dir and hydra.sweep.dir. Cached per composed config,
+# like Hydra's own `now`, so that one run (and every job of one multirun, whose configs share the cache) resolves
+# it to one value.
+OmegaConf.register_new_resolver("minitron_run_id", run_id, use_cache=True, replace=True)
 
 
 def config_dir() -> Path:
@@ -116,6 +137,8 @@ def _check_type(verb: str, key: str, base: DictConfig, cfg: DictConfig) -> None:
         or (isinstance(old, int) and not isinstance(old, bool) and isinstance(new, int) and not isinstance(new, bool))
         or (isinstance(old, float) and isinstance(new, (int, float)) and not isinstance(new, bool))
         or (isinstance(old, str) and isinstance(new, (str, int, float)) and not isinstance(new, bool))
+        # a key whose default is `auto` takes `auto | true | false` (train.bf16, DeepSpeed's fp16.enabled, ...)
+        or (old == "auto" and isinstance(new, bool))
         or (isinstance(old, (DictConfig, ListConfig)) and isinstance(new, (DictConfig, ListConfig)))
     )
     if not ok:

@@ -142,6 +142,45 @@ def test_empty_corpus(capsys, tmp_path, world):
     assert_nothing_written(tmp_path)
 
 
+def test_corpus_too_small_for_the_calibration_sample(capsys, tmp_path, world):
+    _, teacher, _, _ = world
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_text("hello tiny world!\n")  # one 18-byte document
+    code, out, err = cli(capsys, "score", f"teacher={teacher}", "data=local", f"data.path={one}", "calib.samples=4",
+                         "calib.seq_len=32", _run_dir(tmp_path))
+    assert_one_line_error(code, err, "calib.samples=4", "1 packed blocks")  # what is needed, what is there
+    assert "too few to split by document" in out
+    assert_nothing_written(tmp_path)
+
+
+def test_corpus_too_small_to_split(capsys, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_text("x")
+    code, _, err = cli(capsys, "pretrain", "data=local", f"data.path={one}", _run_dir(tmp_path))
+    assert_one_line_error(code, err, "data.path", "1 characters", "at least 3")
+    assert_nothing_written(tmp_path)
+
+
+def test_empty_validation_split_is_never_written(capsys, tmp_path, world):
+    _, _, _, corpus = world
+    code, _, err = cli(capsys, "pretrain", "data=local", f"data.path={corpus}", "data.validation_fraction=0",
+                       "data.tokenizer.vocab_size=300", "data.seq_len=32", _run_dir(tmp_path))
+    assert_one_line_error(code, err, "validation", "data.validation_fraction")
+    assert_nothing_written(tmp_path)
+
+
+def test_paper_suite_without_hub_access_names_the_dataset(capsys, tmp_path, world, monkeypatch):
+    _, teacher, _, _ = world
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = cli(capsys, "eval", "eval=paper", f"model_path={teacher}", "limit=2", _run_dir(tmp_path))
+    assert_one_line_error(code, err, "mmlu", "hub access", "eval=tiny")
+    assert "cannot use the path" not in err
+    assert_nothing_written(tmp_path)
+
+
 # -- checkpoints --------------------------------------------------------------------------------------------
 def test_missing_teacher_path(capsys, tmp_path):
     code, _, err = cli(capsys, "prune", f"teacher={tmp_path / 'no-such-teacher'}", _run_dir(tmp_path))

@@ -21,7 +21,7 @@ from minitron.data.corpus import Corpus, load_corpus
 from minitron.data.packing import build_datasets, tokenizer_digest
 from minitron.data.tokenizer import train_default_tokenizer
 from minitron.errors import MinitronError
-from minitron.io import atomic_path
+from minitron.io import atomic_path, build_once
 
 
 @dataclass(frozen=True)
@@ -61,12 +61,29 @@ def packed_splits(data_cfg: Any, cache_dir: Any, tokenizer, tokenizer_key: str, 
     """Tokenized and packed train/validation blocks of `corpus`, cached under a key of corpus, tokenizer and layout."""
     key = stable_hash(corpus.key, tokenizer_key, data_cfg.seq_len, data_cfg.get("max_train_docs"))
     path = cache_root(cache_dir) / "packed" / key
-    if (path / "dataset_dict.json").is_file():
-        return datasets.load_from_disk(str(path))
-    packed = build_datasets(data_cfg, tokenizer, corpus=corpus)
-    with atomic_path(path) as tmp:
-        packed.save_to_disk(str(tmp))
+
+    def build() -> None:
+        print(f"packing the corpus into blocks of {data_cfg.seq_len} tokens (cached in {path})")
+        packed = build_datasets(data_cfg, tokenizer, corpus=corpus)
+        for split, ds in packed.items():
+            _check_not_empty(split, ds, corpus)
+        with atomic_path(path) as tmp:
+            packed.save_to_disk(str(tmp))
+
+    build_once(path, (path / "dataset_dict.json").is_file, build, what="the packed data")
     return datasets.load_from_disk(str(path))
+
+
+def _check_not_empty(split: str, ds, corpus: Corpus) -> None:
+    """An empty packed split is never written (datasets cannot read one back): say which split and what to do."""
+    if not isinstance(ds, datasets.Dataset) or len(ds) > 0:
+        return
+    rows = corpus.fingerprint.get("split_rows", {}).get(split)
+    fix = f"raise data.{split}_fraction above 0 or use more data" if split != "train" else "use more data"
+    raise MinitronError(
+        f"data: the {split} split of the corpus holds no text ({rows if rows is not None else 0} documents) and "
+        f"packs into 0 blocks; {fix}"
+    )
 
 
 def packed_data(data_cfg: Any, cache_dir: Any, tokenizer, *, seq_len: int | None = None):
@@ -84,11 +101,14 @@ def cached_bpe_tokenizer(data_cfg: Any, cache_dir: Any, corpus: Corpus):
     tok_cfg = data_cfg.tokenizer
     key = f"bpe{tok_cfg.vocab_size}-{stable_hash(corpus.key, to_plain(tok_cfg))}"
     path = cache_root(cache_dir) / "tokenizers" / key
-    if not (path / "tokenizer.json").is_file():
+
+    def build() -> None:
         print(f"training a byte-level BPE tokenizer (vocab {tok_cfg.vocab_size}) on the {data_cfg.source} train split")
         tokenizer = train_default_tokenizer(corpus, tok_cfg.vocab_size, tok_cfg.train_bytes)
         with atomic_path(path) as tmp:
             tokenizer.save_pretrained(str(tmp))
+
+    build_once(path, (path / "tokenizer.json").is_file, build, what="the tokenizer")
     return AutoTokenizer.from_pretrained(str(path)), key
 
 

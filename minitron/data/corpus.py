@@ -23,6 +23,7 @@ from datasets import Dataset, DatasetDict, Features, IterableDataset, IterableDa
 from omegaconf import DictConfig, OmegaConf
 
 from minitron.errors import MinitronError
+from minitron.ranks import is_main_process
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 TEXT_FEATURES = Features({"text": Value("string")})
@@ -369,7 +370,8 @@ def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: 
 
     if path.is_file() and txt:
         # One file of prose: a document per paragraph (blank-line separated), split by row.
-        ds = _load_files("text", {"train": [str(path)]}, path, sample_by="paragraph")["train"]
+        # Undecodable bytes become U+FFFD, as for a folder of .txt files (_read_documents).
+        ds = _load_files("text", {"train": [str(path)]}, path, sample_by="paragraph", encoding_errors="replace")["train"]
         for split, part in _complete_splits({"train": ds}, fractions, seed, str(path)).items():
             pieces[split].append(part)
     elif txt:
@@ -401,6 +403,7 @@ def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: 
     )
     if not any(_has_text(ds) for ds in splits.values()):
         raise MinitronError(f"data.path: {path} contains no text; fill the files or point data.path at other data")
+    splits, carved = _split_few_documents(splits, fractions, path)
     fingerprint = {
         "source": "local",
         "path": str(path.resolve()),
@@ -412,7 +415,47 @@ def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: 
         "fractions": fractions,
         "seed": seed,
     }
+    if carved:
+        fingerprint["carved"] = carved
     return Corpus(splits=splits, fingerprint=fingerprint)
+
+
+def _split_few_documents(splits: DatasetDict, fractions: Mapping[str, float], path: Path) -> tuple[DatasetDict, dict]:
+    """Held-out splits for a corpus with too few documents to split by document (one file, one paragraph).
+
+    A validation or test split that would be empty (its fraction above 0) takes the last lines of the train text
+    instead, `fraction` of them and at least one; text with fewer than three lines is cut by characters. The held
+    out part comes from the end so that it is one contiguous stretch, disjoint from what train keeps. Returns the
+    splits and what was carved ({split: [count, unit]}, empty when nothing was).
+    """
+    empty = [s for s in ("validation", "test") if fractions[s] > 0 and not _has_text(splits[s])]
+    if not empty:
+        return splits, {}
+    docs = [t for t in splits["train"]["text"] if t]
+    units: list[str] = [line for doc in docs for line in doc.splitlines(keepends=True)]
+    unit = "lines"
+    if len(units) < len(empty) + 1 + 1:  # too few lines for train plus each held-out split: cut by characters
+        units, unit = list("".join(docs)), "characters"
+    counts = {s: max(1, int(len(units) * fractions[s])) for s in empty}
+    keep = len(units) - sum(counts.values())
+    if keep < 1:
+        raise MinitronError(
+            f"data.path: {path} holds {len(units)} {unit} of text, too little to split into train, "
+            f"{' and '.join(empty)} (needs at least {len(empty) + 1}); add text to it"
+        )
+    out = dict(splits)
+    out["train"] = Dataset.from_dict({"text": ["".join(units[:keep])]}, features=TEXT_FEATURES)
+    start = keep
+    for split in ("validation", "test"):
+        if split in counts:
+            chunk = "".join(units[start : start + counts[split]])
+            out[split] = Dataset.from_dict({"text": [chunk]}, features=TEXT_FEATURES)
+            start += counts[split]
+    if is_main_process():
+        held = ", ".join(f"{s} {counts[s]}" for s in empty)
+        print(f"data: {path} has {len(docs)} document(s) in train, too few to split by document; split by {unit} "
+              f"instead (of {len(units)}: train {keep}, {held}, held out from the end)")
+    return DatasetDict(out), {s: [counts[s], unit] for s in empty}
 
 
 def _load_files(kind: str, data_files: dict[str, list[str]], path: Path, **kwargs: Any) -> DatasetDict:

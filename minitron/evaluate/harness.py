@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from minitron.config import compose
-from minitron.errors import MinitronError
+from minitron.errors import MinitronError, hub_problem
 from minitron.evaluate.results import flatten, markdown_table
 from minitron.evaluate.suite import Suite, check_known, load_suite, task_manager
 from minitron.evaluate.tiny_data import prepare_tiny_tasks
@@ -143,7 +143,13 @@ def _load_tasks(suite: Suite, manager) -> list:
     """The suite's tasks and groups as lm-eval objects, every leaf task set to its entry's shots."""
     objects: list = []
     for entry in suite.tasks:
-        loaded = manager.load([entry.task])
+        try:
+            loaded = manager.load([entry.task])
+        except Exception as err:  # a task whose dataset is on the Hub, without hub access: say so, not "a path"
+            hub = hub_problem(err)
+            if hub is None:
+                raise
+            raise MinitronError(f"eval: task {entry.task}: {hub}; or use eval=tiny, which needs no download") from err
         for task in loaded["tasks"].values():
             task.set_config(key="num_fewshot", value=entry.num_fewshot)
         top = loaded["groups"].get(entry.task) or loaded["tasks"].get(entry.task)

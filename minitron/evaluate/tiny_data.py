@@ -26,7 +26,7 @@ import yaml
 from minitron.data import load_corpus
 from minitron.config import stable_hash, to_plain
 from minitron.errors import MinitronError
-from minitron.io import atomic_path
+from minitron.io import atomic_path, build_once
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 TINY_TEMPLATES = TASKS_DIR / "tiny"
@@ -246,9 +246,11 @@ def prepare_tiny_tasks(data_cfg: Any, generate_cfg: Mapping[str, Any], cache_dir
     folder = Path(str(cache_dir)).expanduser().resolve() / "eval" / f"tiny-{key}"
     manifest = folder / "manifest.json"
     names = tuple(Path(t).stem for t in DATA_FILES)
-    if manifest.is_file():
-        return TinyTasks(folder, names, json.loads(manifest.read_text())["counts"])
+    build_once(folder, manifest.is_file, lambda: _write_tiny_tasks(folder, corpus, settings), what="the tiny eval tasks")
+    return TinyTasks(folder, names, json.loads(manifest.read_text())["counts"])
 
+
+def _write_tiny_tasks(folder: Path, corpus, settings: GenerateSettings) -> None:
     documents = held_out_documents(corpus, settings)
     texts = text_records(documents, settings)
     items = choice_records(documents, settings)
@@ -269,4 +271,3 @@ def prepare_tiny_tasks(data_cfg: Any, generate_cfg: Mapping[str, Any], cache_dir
             {"corpus": corpus.fingerprint, "generate": settings.__dict__, "counts": counts,
              "sha256": {n: hashlib.sha256(t.encode("utf-8")).hexdigest() for n, t in payload.items()}},
             indent=2, sort_keys=True) + "\n")
-    return TinyTasks(folder, names, counts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,9 +27,9 @@ from minitron.config import compose, stable_hash, to_plain
 from minitron.data import load_corpus
 from minitron.data.calibration import cache_root, cached_bpe_tokenizer, packed_splits
 from minitron.errors import MinitronError
-from minitron.io import write_json
+from minitron.io import file_lock, write_json
 from minitron.models import get_adapter
-from minitron.ranks import is_main_process
+from minitron.ranks import is_main_process, world_size
 from minitron.real_models import NAMED, is_named, materialise
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
@@ -130,8 +131,6 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
     """
     run_dir = Path(run_dir)
     corpus = load_corpus(cfg.data)
-    if is_main_process():
-        write_json(run_dir / "corpus.json", corpus.fingerprint)
     tokenizer, tokenizer_key = load_tokenizer(cfg, corpus)
 
     arch = cfg.model.arch
@@ -144,6 +143,16 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
     key = stable_hash(to_plain(arch), cfg.model.get("path"), to_plain(cfg.train), cfg.data.seq_len, cfg.data.get("max_train_docs"),
                       corpus.key, tokenizer_key, cfg.seed)
     out = Path(str(cfg.out)) if cfg.get("out") else cache_root(cfg.cache_dir) / "models" / f"{cfg.model.name}-{key}"
+    # A model in the shared cache is built by one process at a time; another one that needs it waits and reuses
+    # it. Not under torchrun: the ranks of a launch train it together, so none of them may wait for another.
+    shared = not cfg.get("out") and cfg.get("cache", True) and world_size() == 1
+    with file_lock(out, what=f"the model {out}") if shared else nullcontext():
+        return _pretrain_into(out, cfg, run_dir, corpus, tokenizer, tokenizer_key, settings)
+
+
+def _pretrain_into(out: Path, cfg: DictConfig, run_dir: Path, corpus, tokenizer, tokenizer_key: str,
+                   settings: TrainSettings) -> PretrainResult:
+    arch = cfg.model.arch
     summary_file = out / SUMMARY_FILE
     if cfg.get("cache", True) and summary_file.is_file():
         saved = json.loads(summary_file.read_text())
@@ -151,12 +160,15 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
         result = PretrainResult(**{k: saved[k] for k in PretrainResult.__dataclass_fields__})
         if is_main_process():
             print(f"reusing the cached model at {out} (validation loss {result.val_loss:.3f})")
+            write_json(run_dir / "corpus.json", corpus.fingerprint)
             write_json(run_dir / "metrics.json", asdict(result))
         return result
     if out.exists() and any(out.iterdir()) and not cfg.get("overwrite", False):
         raise MinitronError(f"out={out} exists and is not empty; choose another folder or pass overwrite=true")
 
     splits = packed_splits(cfg.data, cfg.cache_dir, tokenizer, tokenizer_key, corpus)
+    if is_main_process():  # once the data is known to be usable: a run that fails before leaves no folder
+        write_json(run_dir / "corpus.json", corpus.fingerprint)
     if cfg.model.get("path"):
         model = load_model(cfg.model.path, dtype=cfg.model.get("dtype", "float32"),
                            trust_remote_code=bool(cfg.model.get("trust_remote_code", False)))

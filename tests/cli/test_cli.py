@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from minitron.cli import VERBS, load_verb, main
 from minitron.config import compose, config_dir
+from minitron.errors import MinitronError
 
 
 def run_cli(capsys, *args):
@@ -70,6 +72,63 @@ def test_float_key_accepts_an_integer(capsys):
     validate_overrides("pretrain", ["train.lr=1", "train.max_steps=5", "-m"])  # raises on a rejected value
     settings = TrainSettings.of(compose("pretrain", ["train.lr=1", "train.max_steps=5"]).train)
     assert (settings.lr, settings.max_steps) == (1, 5)
+
+
+@pytest.mark.parametrize("verb", ["distill", "pretrain"])
+@pytest.mark.parametrize("value", ["true", "false", "auto", "True"])
+def test_auto_true_false_keys_accept_all_three(verb, value):
+    from minitron.config import validate_overrides
+    from minitron.train.settings import TrainSettings
+
+    validate_overrides(verb, [f"train.bf16={value}"])  # raises on a rejected value
+    settings = TrainSettings.of(compose(verb, [f"train.bf16={value}"]).train)
+    assert settings.bf16 == {"true": True, "True": True, "false": False, "auto": "auto"}[value]
+
+
+def test_auto_key_still_rejects_a_number_where_a_word_is_meant():
+    from minitron.train.settings import TrainSettings
+
+    with pytest.raises(MinitronError, match="train.bf16"):
+        TrainSettings.of(compose("distill", ["train.bf16=maybe"]).train)
+
+
+def test_run_folders_carry_a_per_run_id():
+    """The default run folder is DATE_TIME-ID, sorted by time first; its ID is six hex digits fresh per run."""
+    text = (config_dir() / "common.yaml").read_text()
+    assert "${now:%Y-%m-%d_%H-%M-%S}-${minitron_run_id:}" in text.split("run:")[1].split("sweep:")[0]
+    assert "${minitron_run_id:}" in text.split("sweep:")[1]
+    ids = {OmegaConf.create({"d": "${minitron_run_id:}"}).d for _ in range(20)}
+    assert len(ids) == 20 and all(len(i) == 6 and int(i, 16) >= 0 for i in ids)
+
+
+def test_clean_up_never_fails_and_never_hides_the_error(tmp_path):
+    from minitron.cli import _remove_bookkeeping_only
+
+    _remove_bookkeeping_only(tmp_path / "gone")  # a folder that vanished: nothing to do, no exception
+    kept = tmp_path / "kept"
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / "scores.txt").write_text("mine")
+    _remove_bookkeeping_only(kept)
+    assert (kept / "scores.txt").is_file()
+
+
+def test_an_existing_run_folder_is_kept_on_failure(capsys, tmp_path):
+    run = tmp_path / "resume-me"
+    (run / ".hydra").mkdir(parents=True)
+    code, _, err = run_cli(capsys, "prune", f"teacher={tmp_path / 'missing'}", f"hydra.run.dir={run}")
+    assert code == 2 and err.count(": error: ") == 1
+    assert run.is_dir()  # not this run's folder to remove
+
+
+def test_os_errors_are_told_apart():
+    from minitron.cli import _os_error
+
+    hub = _os_error(ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (LocalEntryNotFoundError)"))
+    assert "'cais/mmlu'" in hub and "hub access" in hub and "path" not in hub.split(";")[0]
+    path = _os_error(PermissionError(13, "Permission denied", "/root/out"))
+    assert path.startswith("cannot use the path /root/out: Permission denied")
+    other = _os_error(BrokenPipeError(32, "Broken pipe"))
+    assert "path" not in other and "BrokenPipeError" in other
 
 
 def _all_configs():

@@ -312,3 +312,70 @@ def test_data_config_group_composes_with_hydra(tmp_path):
         cfg = compose(config_name=None, overrides=["+data=local", f"data.path={tmp_path}"])
     corpus = load_corpus(cfg.data)
     assert sum(len(ds) for ds in corpus.splits.values()) == 3
+
+
+# ------------------------------------------------------------------------------ corpora users have
+
+
+def _texts(corpus: Corpus) -> dict[str, str]:
+    return {s: "".join(t for t in corpus.splits[s]["text"] if t) for s in ("train", "validation", "test")}
+
+
+def _one_file_corpora(root: Path) -> dict[str, Path]:
+    """The three corpora that a first try often is: one tiny .txt, one file of random bytes, one file of code lines."""
+    import random
+
+    paths = {name: root / name for name in ("tiny", "random", "lines")}
+    for folder in paths.values():
+        folder.mkdir()
+    (paths["tiny"] / "a.txt").write_text("hello tiny world!\n")
+    (paths["random"] / "rand.txt").write_bytes(random.Random(0).randbytes(100_000))
+    (paths["lines"] / "code.txt").write_text("".join(f"    x{i} = step(x{i - 1}, {i % 17})\n" for i in range(3000)))
+    return paths
+
+
+@pytest.mark.parametrize("name", ["tiny", "random", "lines"])
+@pytest.mark.parametrize("as_file", [False, True], ids=["folder", "file"])
+def test_one_document_is_split_by_lines_or_characters(tmp_path, capsys, name, as_file):
+    folder = _one_file_corpora(tmp_path)[name]
+    path = next(folder.iterdir()) if as_file else folder
+    corpus = load_corpus({"source": "local", "path": str(path)})
+    texts = _texts(corpus)
+    assert all(texts.values()), {s: len(t) for s, t in texts.items()}  # no split is empty
+    message = [line for line in capsys.readouterr().out.splitlines() if "too few to split by document" in line]
+    if as_file and name == "random":  # random bytes hold a few blank lines: paragraphs, split as rows
+        assert "carved" not in corpus.fingerprint and not message
+        return
+    unit = "characters" if name == "tiny" else "lines"
+    assert len(message) == 1 and unit in message[0] and str(path) in message[0], message
+    assert {s: u for s, (_, u) in corpus.fingerprint["carved"].items()} == {"validation": unit, "test": unit}
+    if not as_file:  # held out from the end, disjoint, nothing lost
+        whole = next(folder.iterdir()).read_bytes().decode("utf-8", errors="replace")
+        assert texts["train"] + texts["validation"] + texts["test"] == whole
+
+
+def test_lines_held_out_follow_the_fractions(tmp_path):
+    folder = _one_file_corpora(tmp_path)["lines"]
+    corpus = load_corpus({"source": "local", "path": str(folder), "validation_fraction": 0.1, "test_fraction": 0.05})
+    assert corpus.fingerprint["carved"] == {"validation": [300, "lines"], "test": [150, "lines"]}
+    assert _texts(corpus)["test"].splitlines()[-1] == "    x2999 = step(x2998, 7)"
+
+
+def test_two_documents_get_the_missing_test_split_from_lines(tmp_path):
+    _write(tmp_path, {"a.txt": "".join(f"line a{i}\n" for i in range(100)),
+                      "b.txt": "".join(f"line b{i}\n" for i in range(100))})
+    corpus = load_corpus({"source": "local", "path": str(tmp_path)})
+    assert all(_texts(corpus).values())
+
+
+def test_too_little_text_to_split_says_how_much(tmp_path):
+    _write(tmp_path, {"a.txt": "x"})
+    with pytest.raises(MinitronError) as excinfo:
+        load_corpus({"source": "local", "path": str(tmp_path)})
+    _one_line_error(excinfo, "data.path", "1 characters", "at least 3")
+
+
+def test_zero_validation_fraction_leaves_that_split_out_of_the_carving(tmp_path):
+    folder = _one_file_corpora(tmp_path)["lines"]
+    corpus = load_corpus({"source": "local", "path": str(folder), "validation_fraction": 0.0})
+    assert "validation" not in corpus.fingerprint["carved"] and len(corpus.splits["validation"]) == 0
