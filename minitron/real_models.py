@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minitron.checkpoint import save_checkpoint
 from minitron.errors import MinitronError, first_line
-from minitron.io import write_json
+from minitron.io import build_once, write_json
 
 PROVENANCE_FILE = "minitron_source.json"  # beside the converted weights: where they came from
 
@@ -112,14 +112,17 @@ def plain_copy(loaded):
 
 
 def materialise(name: str, cache_dir: Any) -> Path:
-    """The cached safetensors checkpoint of the named model, converted on first use."""
+    """The cached safetensors checkpoint of the named model, converted on first use (once, also when several
+    processes ask at the same time)."""
     model = NAMED[name]
     out = Path(str(cache_dir)).expanduser() / "real" / name
-    if (out / PROVENANCE_FILE).is_file():
-        return out
-    print(f"converting {model.file} from the package {model.package}=={model.version} into {out} (once)")
-    loaded, tokenizer = load_gguf(model)
-    save_checkpoint(plain_copy(loaded), tokenizer, out, overwrite=True)
-    write_json(out / PROVENANCE_FILE, {"name": name, "package": model.package, "version": model.version,
-                                       "file": model.file, "sha256": model.sha256, "description": model.description})
+
+    def convert() -> None:
+        print(f"converting {model.file} from the package {model.package}=={model.version} into {out} (once)")
+        loaded, tokenizer = load_gguf(model)
+        save_checkpoint(plain_copy(loaded), tokenizer, out, overwrite=True)
+        write_json(out / PROVENANCE_FILE, {"name": name, "package": model.package, "version": model.version,
+                                           "file": model.file, "sha256": model.sha256, "description": model.description})
+
+    build_once(out, (out / PROVENANCE_FILE).is_file, convert, what=f"the {name} checkpoint")
     return out
