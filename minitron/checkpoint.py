@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError, first_line
@@ -28,6 +30,9 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 # keeps unknown config attributes (written to config.json, restored by from_pretrained), so the checkpoint still
 # loads with no code of ours; distillation reads it to pair each student layer with the teacher layer it was.
 LAYER_MAP = "minitron_layer_map"
+# What a hub snapshot needs for minitron: config, safetensors weights (and their index), tokenizer files. Pickled
+# weights (*.bin, *.pt), TF/Flax/ONNX exports are never fetched, so a repo that ships both costs only the safetensors.
+HUB_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja")
 
 
 def check_dtype(name: str, field: str = "dtype") -> torch.dtype:
@@ -43,10 +48,37 @@ def config_dtype(config: PretrainedConfig) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def checkpoint_folder(value: Any, field: str, hint: str = "pass a folder written by save_pretrained") -> Path:
-    """`value` as a local checkpoint folder; a one-line error naming `field` when it holds no config.json."""
-    path = Path(str(value)).expanduser()
-    if not path.is_dir():
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
+def hub_snapshot(repo_id: str, field: str, hint: str) -> Path:
+    """The local snapshot folder of hub model `repo_id` (`ORG/NAME[@REVISION]`): fetched once into the hub cache
+    (HF_HOME) and read from there afterwards; with HF_HUB_OFFLINE=1 only the cache is read. Safetensors, config and
+    tokenizer files only (`HUB_PATTERNS`)."""
+    name, _, revision = repo_id.partition("@")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise MinitronError(f"{field}={repo_id} is neither a folder nor a hub id (ORG/NAME); {hint}") from None
+    try:
+        folder = snapshot_download(name, revision=revision or None, allow_patterns=list(HUB_PATTERNS))
+    except Exception as e:  # hub, network and cache errors come in many types; all mean "not available here"
+        raise MinitronError(
+            f"{field}={repo_id} is not a local folder, and the hub model {name} could not be fetched or found in the "
+            f"hub cache ({first_line(e)}); check the id, the network, or HF_HOME / HF_HUB_OFFLINE"
+        ) from None
+    return Path(folder)
+
+
+def checkpoint_folder(value: Any, field: str, hint: str = "pass a folder written by save_pretrained or a hub id") -> Path:
+    """`value` as a local checkpoint folder: a folder as given, or a hub id (`ORG/NAME[@REVISION]`) resolved to its
+    snapshot in the hub cache (`hub_snapshot`); a one-line error naming `field` when there is no config.json."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if not path.exists() and not _looks_like_path(text):
+        path = hub_snapshot(text, field, hint)
+    elif not path.is_dir():
         raise MinitronError(f"{field}={value} is not a folder; {hint}")
     if not (path / "config.json").is_file():
         raise MinitronError(f"{field}={value} is not a checkpoint folder (it has no config.json); {hint}")
@@ -71,31 +103,28 @@ def _check_local(local: Path, trust_remote_code: bool) -> None:
 
 def load_config(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
     """The config of a checkpoint folder or hub id (no weights are read)."""
-    local = Path(str(path)).expanduser()
-    if local.exists():
-        _check_local(local, trust_remote_code)
+    local = checkpoint_folder(path, "checkpoint")
+    _check_local(local, trust_remote_code)
     try:
-        return AutoConfig.from_pretrained(str(local if local.exists() else path), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(str(local), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise MinitronError(f"cannot read the config of {path}: {first_line(e)}") from None
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from a checkpoint folder or hub id, in `dtype`: safetensors only, remote code only when asked for."""
-    local = Path(str(path)).expanduser()
-    if local.exists():
-        _check_local(local, trust_remote_code)
-        if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
-            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
-            raise MinitronError(
-                f"{path} has no safetensors weights{' (only ' + ', '.join(pickled) + ')' if pickled else ''}; "
-                "minitron loads safetensors only: convert it once with save_pretrained(safe_serialization=True)"
-            )
+    local = checkpoint_folder(path, "checkpoint")
+    _check_local(local, trust_remote_code)
+    if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
+        pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+        raise MinitronError(
+            f"{path} has no safetensors weights{' (only ' + ', '.join(pickled) + ')' if pickled else ''}; "
+            "minitron loads safetensors only: convert it once with save_pretrained(safe_serialization=True)"
+        )
     torch_dtype = check_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(local if local.exists() else path), dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            use_safetensors=True,
+            str(local), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         )
     except Exception as e:  # transformers, safetensors and hub errors come in many types; all mean "cannot load"
         raise MinitronError(f"cannot load the checkpoint {path}: {first_line(e)}") from None
@@ -106,8 +135,7 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
 def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False):
     """(model in eval mode, tokenizer) from a checkpoint folder or hub id."""
     model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    local = Path(str(path)).expanduser()
-    tokenizer = AutoTokenizer.from_pretrained(str(local if local.exists() else path))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_folder(path, "checkpoint")))
     return model.eval(), tokenizer
 
 

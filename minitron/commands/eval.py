@@ -21,7 +21,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
     check_dtype(cfg.dtype)
     folder = None
     if cfg.model_path is not None:
-        folder = checkpoint_folder(cfg.model_path, "model_path", "pass a checkpoint folder written by save_pretrained, "
+        folder = checkpoint_folder(cfg.model_path, "model_path", "pass a checkpoint folder written by save_pretrained or a hub id, "
                                                                  "or leave model_path unset for the embedded default teacher")
     load_suite(cfg.eval)  # a bad suite fails before any model is built
     run_dir = prepare_run_dir(cfg, run_dir)

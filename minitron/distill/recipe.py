@@ -28,8 +28,9 @@ from minitron.train.settings import TrainSettings
 def student_path(cfg: DictConfig) -> Path:
     given = cfg.get("student")
     if not given:
-        raise MinitronError("student= is required: pass a checkpoint folder, for example the output of `minitron prune`")
-    return checkpoint_folder(given, "student")
+        raise MinitronError("student= is required: pass a checkpoint folder or hub id, for example the output of "
+                            "`minitron prune`")
+    return checkpoint_folder(given, "student", "pass a folder written by save_pretrained or a hub id")
 
 
 def correction_settings(tc: DictConfig) -> tuple[int, float, int]:

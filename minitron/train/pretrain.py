@@ -59,7 +59,7 @@ def load_tokenizer(cfg: DictConfig, corpus) -> tuple[PreTrainedTokenizerBase, st
     """The model's own tokenizer for a pretrained checkpoint, else a byte-level BPE trained on the corpus (cached)."""
     source = cfg.model.get("tokenizer") or cfg.model.get("path")
     if source:
-        return AutoTokenizer.from_pretrained(str(source)), str(source)
+        return AutoTokenizer.from_pretrained(str(checkpoint_folder(source, "model.path"))), str(source)
     return cached_bpe_tokenizer(cfg.data, cfg.cache_dir, corpus)
 
 
@@ -188,6 +188,6 @@ def teacher_path(cfg: DictConfig, run_dir: Path) -> Path:
     """The teacher checkpoint folder: `cfg.teacher` when set, else the embedded default teacher."""
     given = cfg.get("teacher")
     if given:
-        return checkpoint_folder(given, "teacher", "pass a folder written by save_pretrained, or leave teacher unset "
-                                                   "for the embedded default")
+        return checkpoint_folder(given, "teacher", "pass a folder written by save_pretrained or a hub id, or leave "
+                                                   "teacher unset for the embedded default")
     return default_teacher(cfg.cache_dir, run_dir)

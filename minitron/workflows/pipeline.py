@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoConfig
 
-from minitron.checkpoint import load_checkpoint, save_checkpoint
+from minitron.checkpoint import checkpoint_folder, load_checkpoint, load_config, save_checkpoint
 from minitron.config import to_plain
 from minitron.data.calibration import Calibration, packed_data
 from minitron.distill.recipe import correct_teacher
@@ -72,7 +71,7 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     """What the pipeline would do, from the config alone (no weights, no data): shapes, exact parameter counts,
     the retraining schedule and its token budget. `minitron pipeline dry_run=true` prints it."""
     if cfg.teacher:
-        source = AutoConfig.from_pretrained(str(cfg.teacher))
+        source = load_config(checkpoint_folder(cfg.teacher, "teacher"))
     else:
         source = config_from_arch(cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size)
     shapes = dry_run(source, to_plain(cfg.target))
