@@ -112,7 +112,8 @@ def train_from_scratch(
     for callback in callbacks:
         trainer.add_callback(callback)
     if args.process_index == 0:
-        print(f"training {type(model).__name__} with {model.num_parameters():,} parameters on {len(train_dataset):,} "
+        blocks = f"{len(train_dataset):,}" if hasattr(train_dataset, "__len__") else "a stream of"
+        print(f"training {type(model).__name__} with {model.num_parameters():,} parameters on {blocks} "
               f"blocks of {seq_len} tokens for {args.max_steps} steps")
         if last is not None:
             print(f"resuming from {last}")
@@ -167,7 +168,10 @@ def pretrain(cfg: DictConfig, run_dir: Path) -> PretrainResult:
     seconds = time.perf_counter() - start
 
     val = lm_loss(trainer.model, splits["validation"], batch_size=settings.batch_size, max_batches=settings.eval_batches)
-    uni = unigram_loss(splits["train"], splits["validation"], model.config.vocab_size)
+    # on a stream the unigram model is fitted on as many blocks as the model was trained on (a stream has no end)
+    streamed = not hasattr(splits["train"], "__len__")
+    uni = unigram_loss(splits["train"], splits["validation"], model.config.vocab_size,
+                       max_train_blocks=trainer.tokens_seen // cfg.data.seq_len if streamed else None)
     result = PretrainResult(str(out), val, uni, model.num_parameters(), trainer.tokens_seen, seconds, cached=False)
     save_final(trainer, out, tokenizer, SUMMARY_FILE, {**asdict(result), "corpus": corpus.fingerprint})
     if is_main_process():
