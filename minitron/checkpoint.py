@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError, first_line
@@ -176,6 +178,29 @@ def save_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out)
+
+
+def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
+    """Rewrite the floating-point tensors of the safetensors checkpoint in `folder` in `dtype`, and its config's dtype,
+    in place (each file replaced atomically; the config last). Training keeps float32 master weights under bf16
+    mixed precision; this saves the result in the dtype a run asked for, leaving the folder's other files alone."""
+    torch_dtype = check_dtype(dtype)
+    folder = Path(folder)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if all(t.dtype == torch_dtype or not t.is_floating_point() for t in tensors.values()):
+            continue
+        tensors = {k: t.to(torch_dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+        with atomic_path(file) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("dtype", config.get("torch_dtype")) != dtype:
+        config["dtype"] = dtype
+        config.pop("torch_dtype", None)
+        with atomic_path(folder / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def layer_map(config: PretrainedConfig) -> tuple[int, list[int]] | None:

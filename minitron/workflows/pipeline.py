@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from minitron.checkpoint import checkpoint_folder, load_checkpoint, load_config, save_checkpoint
+from minitron.checkpoint import cast_checkpoint, checkpoint_folder, load_checkpoint, load_config, save_checkpoint
 from minitron.config import to_plain
 from minitron.data.calibration import Calibration, packed_data
 from minitron.distill.recipe import correct_teacher
@@ -173,11 +173,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("pruned", results["prune"]["path"])
 
     def distill() -> dict[str, Any]:
-        student, _ = load_checkpoint(results["prune"]["path"], dtype=cfg.dtype)
+        # float32 master weights whatever `dtype` is: with train.bf16 the Trainer computes in bf16 (mixed precision,
+        # as the papers train); the distilled checkpoint is then saved in `dtype`
+        student, _ = load_checkpoint(results["prune"]["path"], dtype="float32")
         out = distill_student(model, student, data["train"], data["validation"], run_dir / "distill",
                               train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
                               out=run_dir / "distilled", tokenizer=tokenizer)
         if rank() == 0:
+            cast_checkpoint(out.path, cfg.dtype)
             _copy_plot(run_dir / "distill" / "loss.png", run_dir / "plots" / "distill_loss.png")
         return {"path": out.path, "tokens": out.tokens, "steps": out.steps, "train_seconds": out.seconds}
 
@@ -187,7 +190,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     def scratch() -> dict[str, Any]:
         config = type(model.config).from_pretrained(results["prune"]["path"])
         torch.manual_seed(cfg.seed)
-        fresh = type(model)._from_config(config, dtype=model.dtype)
+        fresh = type(model)._from_config(config, dtype=torch.float32)  # master weights, as for distillation
         fresh.generation_config = model.generation_config
         settings = dataclasses.replace(train, lr=float(cfg.baseline.lr), deepspeed=None)
         # resume=True: a killed run continues from its last checkpoint
@@ -196,6 +199,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         out = run_dir / "scratch" / "model"
         save_final(trainer, out, tokenizer, SUMMARY_FILE, {"tokens": trainer.tokens_seen, "steps": trainer.state.global_step})
         if rank() == 0:
+            cast_checkpoint(out, cfg.dtype)
             plot_curves(run_dir / "scratch" / "metrics.jsonl", run_dir / "plots" / "scratch_loss.png", title="from scratch")
         return {"path": str(out), "tokens": trainer.tokens_seen}
 
