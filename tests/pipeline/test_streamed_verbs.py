@@ -90,3 +90,42 @@ def test_bf16_pipeline_matches_fp32_within_tolerance(stream, fp32_pipeline):
     for stage in ("prune", "distill", "scratch"):  # every checkpoint the run wrote is in the dtype asked for
         assert dtypes(bf16["stages"][stage]["path"]) == {torch.bfloat16}, stage
     assert dtypes(fp32_pipeline["stages"]["distill"]["path"]) == {torch.float32}
+
+
+@pytest.mark.slow
+def test_bf16_through_score_prune_distill_and_eval(stream):
+    """dtype=bfloat16 in every verb on CPU; every checkpoint written is in bf16."""
+    import shutil
+
+    import torch
+
+    from minitron.checkpoint import cast_checkpoint
+    from minitron.commands import eval as eval_verb
+
+    root, data, teacher = stream
+    bf16_teacher = root / "teacher_bf16"
+    shutil.copytree(teacher.path, bf16_teacher)
+    cast_checkpoint(bf16_teacher, "bfloat16")
+    assert dtypes(bf16_teacher) == {torch.bfloat16}
+    scored = score.run(compose("score", [*data, f"teacher={bf16_teacher}", "dtype=bfloat16", "calib.samples=8",
+                                         "calib.seq_len=64", "calib.batch_size=4"]), run_dir=root / "score_bf16")
+    full = score.run(compose("score", [*data, f"teacher={teacher.path}", "calib.samples=8", "calib.seq_len=64",
+                                       "calib.batch_size=4"]), run_dir=root / "score_fp32")
+    from minitron.importance import Importance
+
+    a, b = Importance.load(scored.path), Importance.load(full.path)
+    assert a.num_tokens == b.num_tokens
+    pruned = prune.run(compose("prune", [f"teacher={bf16_teacher}", f"scores={scored.path}", *TARGET,
+                                         f"out={root / 'pruned_bf16'}"]), run_dir=root / "prune_bf16")
+    assert dtypes(pruned["out"]) == {torch.bfloat16}  # a bf16 teacher prunes to a bf16 student
+    out = distill.run(compose("distill", [*data, *TRAIN, "train.max_steps=2", "train.bf16=true", "dtype=bfloat16",
+                                          f"teacher={bf16_teacher}", f"student={pruned['out']}"]),
+                      run_dir=root / "distill_bf16")
+    assert dtypes(out.path) == {torch.bfloat16}
+    assert json.loads((root / "distill_bf16" / "metrics.json").read_text())["val_loss"] == pytest.approx(
+        out.val_loss)
+    metrics = eval_verb.run(compose("eval", [*data, f"model_path={out.path}", "dtype=bfloat16", "limit=4",
+                                             "eval.generate.docs=4", "eval.generate.doc_chars=256",
+                                             "eval.generate.mc_items=6", "eval.generate.context_chars=96"]),
+                            run_dir=root / "eval_bf16")
+    assert metrics and all(v == v for v in metrics.values() if isinstance(v, float))  # no NaN
