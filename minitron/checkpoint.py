@@ -54,17 +54,18 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", ".", "~")) or text.count("/") > 1
 
 
-def hub_snapshot(repo_id: str, field: str, hint: str) -> Path:
+def hub_snapshot(repo_id: str, field: str, hint: str, *, weights: bool = True) -> Path:
     """The local snapshot folder of hub model `repo_id` (`ORG/NAME[@REVISION]`): fetched once into the hub cache
     (HF_HOME) and read from there afterwards; with HF_HUB_OFFLINE=1 only the cache is read. Safetensors, config and
-    tokenizer files only (`HUB_PATTERNS`)."""
+    tokenizer files only (`HUB_PATTERNS`); without `weights`, the JSON files alone (a dry run reads no weights)."""
     name, _, revision = repo_id.partition("@")
     try:
         validate_repo_id(name)
     except HFValidationError:
         raise MinitronError(f"{field}={repo_id} is neither a folder nor a hub id (ORG/NAME); {hint}") from None
     try:
-        folder = snapshot_download(name, revision=revision or None, allow_patterns=list(HUB_PATTERNS))
+        patterns = list(HUB_PATTERNS) if weights else ["*.json"]
+        folder = snapshot_download(name, revision=revision or None, allow_patterns=patterns)
     except Exception as e:  # hub, network and cache errors come in many types; all mean "not available here"
         raise MinitronError(
             f"{field}={repo_id} is not a local folder, and the hub model {name} could not be fetched or found in the "
@@ -73,13 +74,16 @@ def hub_snapshot(repo_id: str, field: str, hint: str) -> Path:
     return Path(folder)
 
 
-def checkpoint_folder(value: Any, field: str, hint: str = "pass a folder written by save_pretrained or a hub id") -> Path:
+def checkpoint_folder(
+    value: Any, field: str, hint: str = "pass a folder written by save_pretrained or a hub id", *, weights: bool = True
+) -> Path:
     """`value` as a local checkpoint folder: a folder as given, or a hub id (`ORG/NAME[@REVISION]`) resolved to its
-    snapshot in the hub cache (`hub_snapshot`); a one-line error naming `field` when there is no config.json."""
+    snapshot in the hub cache (`hub_snapshot`; its config files only without `weights`); a one-line error naming
+    `field` when there is no config.json."""
     text = str(value)
     path = Path(text).expanduser()
     if not path.exists() and not _looks_like_path(text):
-        path = hub_snapshot(text, field, hint)
+        path = hub_snapshot(text, field, hint, weights=weights)
     elif not path.is_dir():
         raise MinitronError(f"{field}={value} is not a folder; {hint}")
     if not (path / "config.json").is_file():
@@ -104,8 +108,8 @@ def _check_local(local: Path, trust_remote_code: bool) -> None:
 
 
 def load_config(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The config of a checkpoint folder or hub id (no weights are read)."""
-    local = checkpoint_folder(path, "checkpoint")
+    """The config of a checkpoint folder or hub id (no weights are read, nor fetched)."""
+    local = checkpoint_folder(path, "checkpoint", weights=False)
     _check_local(local, trust_remote_code)
     try:
         return AutoConfig.from_pretrained(str(local), trust_remote_code=trust_remote_code)

@@ -135,11 +135,12 @@ def cached_bpe_tokenizer(data_cfg: Any, cache_dir: Any, corpus: Corpus):
     tok_cfg = data_cfg.tokenizer
     key = f"bpe{tok_cfg.vocab_size}-{stable_hash(corpus.key, to_plain(tok_cfg))}"
     path = cache_root(cache_dir) / "tokenizers" / key
-    if not (path / "tokenizer.json").is_file():
+
+    def build(tmp: Path) -> None:
         print(f"training a byte-level BPE tokenizer (vocab {tok_cfg.vocab_size}) on the {data_cfg.source} train split")
-        tokenizer = train_default_tokenizer(corpus, tok_cfg.vocab_size, tok_cfg.train_bytes)
-        with atomic_path(path) as tmp:
-            tokenizer.save_pretrained(str(tmp))
+        train_default_tokenizer(corpus, tok_cfg.vocab_size, tok_cfg.train_bytes).save_pretrained(str(tmp))
+
+    build_once(path, "tokenizer.json", build)
     return AutoTokenizer.from_pretrained(str(path)), key
 
 

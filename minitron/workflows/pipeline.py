@@ -71,7 +71,7 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
     """What the pipeline would do, from the config alone (no weights, no data): shapes, exact parameter counts,
     the retraining schedule and its token budget. `minitron pipeline dry_run=true` prints it."""
     if cfg.teacher:
-        source = load_config(checkpoint_folder(cfg.teacher, "teacher"))
+        source = load_config(checkpoint_folder(cfg.teacher, "teacher", weights=False))
     else:
         source = config_from_arch(cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size)
     shapes = dry_run(source, to_plain(cfg.target))
