@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError, first_line, hub_problem
@@ -28,6 +32,9 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 # keeps unknown config attributes (written to config.json, restored by from_pretrained), so the checkpoint still
 # loads with no code of ours; distillation reads it to pair each student layer with the teacher layer it was.
 LAYER_MAP = "minitron_layer_map"
+# What a hub snapshot needs for minitron: config, safetensors weights (and their index), tokenizer files. Pickled
+# weights (*.bin, *.pt), TF/Flax/ONNX exports are never fetched, so a repo that ships both costs only the safetensors.
+HUB_PATTERNS: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja")
 
 
 def check_dtype(name: str, field: str = "dtype") -> torch.dtype:
@@ -43,10 +50,41 @@ def config_dtype(config: PretrainedConfig) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def checkpoint_folder(value: Any, field: str, hint: str = "pass a folder written by save_pretrained") -> Path:
-    """`value` as a local checkpoint folder; a one-line error naming `field` when it holds no config.json."""
-    path = Path(str(value)).expanduser()
-    if not path.is_dir():
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
+def hub_snapshot(repo_id: str, field: str, hint: str, *, weights: bool = True) -> Path:
+    """The local snapshot folder of hub model `repo_id` (`ORG/NAME[@REVISION]`): fetched once into the hub cache
+    (HF_HOME) and read from there afterwards; with HF_HUB_OFFLINE=1 only the cache is read. Safetensors, config and
+    tokenizer files only (`HUB_PATTERNS`); without `weights`, the JSON files alone (a dry run reads no weights)."""
+    name, _, revision = repo_id.partition("@")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise MinitronError(f"{field}={repo_id} is neither a folder nor a hub id (ORG/NAME); {hint}") from None
+    try:
+        patterns = list(HUB_PATTERNS) if weights else ["*.json"]
+        folder = snapshot_download(name, revision=revision or None, allow_patterns=patterns)
+    except Exception as e:  # hub, network and cache errors come in many types; all mean "not available here"
+        raise MinitronError(
+            f"{field}={repo_id} is not a local folder, and the hub model {name} could not be fetched or found in the "
+            f"hub cache ({first_line(e)}); check the id, the network, or HF_HOME / HF_HUB_OFFLINE"
+        ) from None
+    return Path(folder)
+
+
+def checkpoint_folder(
+    value: Any, field: str, hint: str = "pass a folder written by save_pretrained or a hub id", *, weights: bool = True
+) -> Path:
+    """`value` as a local checkpoint folder: a folder as given, or a hub id (`ORG/NAME[@REVISION]`) resolved to its
+    snapshot in the hub cache (`hub_snapshot`; its config files only without `weights`); a one-line error naming
+    `field` when there is no config.json."""
+    text = str(value)
+    path = Path(text).expanduser()
+    if not path.exists() and not _looks_like_path(text):
+        path = hub_snapshot(text, field, hint, weights=weights)
+    elif not path.is_dir():
         raise MinitronError(f"{field}={value} is not a folder; {hint}")
     if not (path / "config.json").is_file():
         raise MinitronError(f"{field}={value} is not a checkpoint folder (it has no config.json); {hint}")
@@ -70,32 +108,29 @@ def _check_local(local: Path, trust_remote_code: bool) -> None:
 
 
 def load_config(path: str | os.PathLike, *, trust_remote_code: bool = False) -> PretrainedConfig:
-    """The config of a checkpoint folder or hub id (no weights are read)."""
-    local = Path(str(path)).expanduser()
-    if local.exists():
-        _check_local(local, trust_remote_code)
+    """The config of a checkpoint folder or hub id (no weights are read, nor fetched)."""
+    local = checkpoint_folder(path, "checkpoint", weights=False)
+    _check_local(local, trust_remote_code)
     try:
-        return AutoConfig.from_pretrained(str(local if local.exists() else path), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(str(local), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise MinitronError(_hub_or(e, local, f"cannot read the config of {path}: {first_line(e)}")) from None
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False) -> PreTrainedModel:
     """A causal LM from a checkpoint folder or hub id, in `dtype`: safetensors only, remote code only when asked for."""
-    local = Path(str(path)).expanduser()
-    if local.exists():
-        _check_local(local, trust_remote_code)
-        if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
-            pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
-            raise MinitronError(
-                f"{path} has no safetensors weights{' (only ' + ', '.join(pickled) + ')' if pickled else ''}; "
-                "minitron loads safetensors only: convert it once with save_pretrained(safe_serialization=True)"
-            )
+    local = checkpoint_folder(path, "checkpoint")
+    _check_local(local, trust_remote_code)
+    if not any(local.glob("*.safetensors")) and not (local / "model.safetensors.index.json").is_file():
+        pickled = sorted(p.name for p in local.glob("*.bin")) + sorted(p.name for p in local.glob("*.pt"))
+        raise MinitronError(
+            f"{path} has no safetensors weights{' (only ' + ', '.join(pickled) + ')' if pickled else ''}; "
+            "minitron loads safetensors only: convert it once with save_pretrained(safe_serialization=True)"
+        )
     torch_dtype = check_dtype(dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(local if local.exists() else path), dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            use_safetensors=True,
+            str(local), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
         )
     except Exception as e:  # transformers, safetensors and hub errors come in many types; all mean "cannot load"
         raise MinitronError(_hub_or(e, local, f"cannot load the checkpoint {path}: {first_line(e)}")) from None
@@ -112,8 +147,7 @@ def _hub_or(err: BaseException, local: Path, otherwise: str) -> str:
 def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False):
     """(model in eval mode, tokenizer) from a checkpoint folder or hub id."""
     model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    local = Path(str(path)).expanduser()
-    tokenizer = AutoTokenizer.from_pretrained(str(local if local.exists() else path))
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_folder(path, "checkpoint")))
     return model.eval(), tokenizer
 
 
@@ -154,6 +188,29 @@ def save_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out)
+
+
+def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
+    """Rewrite the floating-point tensors of the safetensors checkpoint in `folder` in `dtype`, and its config's dtype,
+    in place (each file replaced atomically; the config last). Training keeps float32 master weights under bf16
+    mixed precision; this saves the result in the dtype a run asked for, leaving the folder's other files alone."""
+    torch_dtype = check_dtype(dtype)
+    folder = Path(folder)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            metadata = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if all(t.dtype == torch_dtype or not t.is_floating_point() for t in tensors.values()):
+            continue
+        tensors = {k: t.to(torch_dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+        with atomic_path(file) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("dtype", config.get("torch_dtype")) != dtype:
+        config["dtype"] = dtype
+        config.pop("torch_dtype", None)
+        with atomic_path(folder / "config.json") as tmp:
+            tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def layer_map(config: PretrainedConfig) -> tuple[int, list[int]] | None:

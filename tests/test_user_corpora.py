@@ -5,7 +5,6 @@ how much text there is and how much is needed; none ends in a traceback."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 

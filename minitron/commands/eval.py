@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from minitron.checkpoint import check_dtype, checkpoint_folder, load_checkpoint
 from minitron.commands._run import prepare_run_dir
 from minitron.evaluate import evaluate, load_suite
-from minitron.real_models import is_named, materialise
+from minitron.real_models import NAMED, is_named, materialise
 from minitron.train.pretrain import default_teacher
 
 
@@ -24,7 +24,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, float]:
     if is_named(cfg.model_path):
         folder = materialise(cfg.model_path, cfg.cache_dir)
     elif cfg.model_path is not None:
-        folder = checkpoint_folder(cfg.model_path, "model_path", "pass a checkpoint folder written by save_pretrained, "
+        folder = checkpoint_folder(cfg.model_path, "model_path", "pass a checkpoint folder written by save_pretrained, a hub id, "
+                                                                 f"a packaged model ({', '.join(NAMED)}), "
                                                                  "or leave model_path unset for the embedded default teacher")
     load_suite(cfg.eval)  # a bad suite fails before any model is built
     run_dir = prepare_run_dir(cfg, run_dir)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from minitron.commands._run import in_hydra_app, prepare_run_dir
 from minitron.io import write_json
+from minitron.ranks import is_main_process
 from minitron.workflows.pipeline import format_plan, plan, run_pipeline
 
 
@@ -25,7 +26,8 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict:
         return result
     run_dir = prepare_run_dir(cfg, run_dir)
     result = run_pipeline(cfg, run_dir)
-    print()
-    print(Path(result["report"]).read_text().split("## Stage times")[0].rstrip())
-    print(f"\nreport: {result['report']}")
+    if is_main_process():  # rank 0 writes the report; the other ranks may finish before it exists
+        print()
+        print(Path(result["report"]).read_text().split("## Stage times")[0].rstrip())
+        print(f"\nreport: {result['report']}")
     return result

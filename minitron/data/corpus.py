@@ -219,11 +219,25 @@ def _read_documents(root: str, relpaths: list[str]) -> Iterator[dict]:
         yield {"text": (Path(root) / rel).read_bytes().decode("utf-8", errors="replace")}
 
 
-def _documents_dataset(root: Path, relpaths: list[str], fingerprint: str, split: str) -> Dataset:
+def _empty(streaming: bool) -> Dataset | IterableDataset:
+    empty = Dataset.from_dict({"text": []}, features=TEXT_FEATURES)
+    return empty.to_iterable_dataset() if streaming else empty
+
+
+def _documents_dataset(
+    root: Path, relpaths: list[str], fingerprint: str, split: str, streaming: bool = False
+) -> Dataset | IterableDataset:
     """One row per file, written once to the datasets cache under a content-derived fingerprint.
 
-    File-backed (not from_dict) so that `datasets.map` caches the packed blocks across runs.
+    File-backed (not from_dict) so that `datasets.map` caches the packed blocks across runs; streamed, the files
+    are read lazily as the stream is consumed.
     """
+    if streaming:
+        if not relpaths:
+            return _empty(True)
+        return IterableDataset.from_generator(
+            _read_documents, features=TEXT_FEATURES, gen_kwargs={"root": str(root), "relpaths": relpaths}
+        )
     if not relpaths:
         return Dataset.from_dict({"text": []}, features=TEXT_FEATURES)
     return Dataset.from_generator(
@@ -342,14 +356,17 @@ def _describe(files: Sequence[str]) -> str:
     return files[0] + (f" (and {len(files) - 1} more files)" if len(files) > 1 else "")
 
 
-def _has_text(ds: Dataset) -> bool:
-    for batch in ds.iter(batch_size=1000):
+def _has_text(ds: Dataset | IterableDataset) -> bool:
+    for batch in ds.iter(batch_size=1000):  # a stream is read only up to its first non-empty document
         if any(batch["text"]):
             return True
     return False
 
 
-def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: int) -> Corpus:
+def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: int, streaming: bool = False) -> Corpus:
+    """Local files as a Corpus; with `streaming` every split is an IterableDataset read lazily from the files (the
+    same code path as a streamed hub dataset: rows held out by a hash of their running index, see
+    `_complete_splits`)."""
     if not path.exists():
         raise MinitronError(f"data.path: {path} does not exist; point it at a file or folder of {_SUPPORTED}")
     if path.is_file():
@@ -371,14 +388,15 @@ def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: 
     if path.is_file() and txt:
         # One file of prose: a document per paragraph (blank-line separated), split by row.
         # Undecodable bytes become U+FFFD, as for a folder of .txt files (_read_documents).
-        ds = _load_files("text", {"train": [str(path)]}, path, sample_by="paragraph", encoding_errors="replace")["train"]
+        ds = _load_files("text", {"train": [str(path)]}, path, sample_by="paragraph", encoding_errors="replace",
+                         streaming=streaming)["train"]
         for split, part in _complete_splits({"train": ds}, fractions, seed, str(path)).items():
             pieces[split].append(part)
     elif txt:
         parts = _assign(txt, fractions)
         for split in SPLITS:
             docs = [txt[i] for i in parts[split]]
-            pieces[split].append(_documents_dataset(base, docs, f"minitron-local-{key}", split))
+            pieces[split].append(_documents_dataset(base, docs, f"minitron-local-{key}", split, streaming))
 
     by_split: dict[str, dict[str, list[str]]] = {}
     has_train_file = any(_split_from_name(f) == "train" for f in tables)
@@ -386,21 +404,13 @@ def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: 
         split = (_split_from_name(f) if has_train_file else None) or "train"
         by_split.setdefault(LOCAL_SUFFIXES[f.suffix.lower()], {}).setdefault(split, []).append(str(base / f))
     for kind, data_files in sorted(by_split.items()):
-        loaded = _load_files(kind, data_files, path)
+        loaded = _load_files(kind, data_files, path, streaming=streaming)
         loaded = {s: _text_column(ds, text_field, _describe(data_files[s])) for s, ds in loaded.items()}
         for split, part in _complete_splits(loaded, fractions, seed, str(path)).items():
             pieces[split].append(part)
 
-    splits = DatasetDict(
-        {
-            s: (
-                datasets.concatenate_datasets(p)
-                if len(p) > 1
-                else p[0] if p else Dataset.from_dict({"text": []}, features=TEXT_FEATURES)
-            )
-            for s, p in pieces.items()
-        }
-    )
+    parts = {s: datasets.concatenate_datasets(p) if len(p) > 1 else p[0] if p else _empty(streaming) for s, p in pieces.items()}
+    splits = IterableDatasetDict(parts) if streaming else DatasetDict(parts)
     if not any(_has_text(ds) for ds in splits.values()):
         raise MinitronError(f"data.path: {path} contains no text; fill the files or point data.path at other data")
     splits, carved = _split_few_documents(splits, fractions, path)
@@ -411,12 +421,14 @@ def _load_local(path: Path, text_field: str, fractions: dict[str, float], seed: 
         "num_files": len(records),
         "num_bytes": sum(r[1] for r in records),
         "sha256": _records_digest(records),
-        "split_rows": {s: len(ds) for s, ds in splits.items()},
+        "split_rows": {s: None if streaming else len(ds) for s, ds in splits.items()},
         "fractions": fractions,
         "seed": seed,
     }
     if carved:
         fingerprint["carved"] = carved
+    if streaming:  # only when set, so that the keys of existing caches of local data stay the same
+        fingerprint["streaming"] = True
     return Corpus(splits=splits, fingerprint=fingerprint)
 
 
@@ -428,6 +440,8 @@ def _split_few_documents(splits: DatasetDict, fractions: Mapping[str, float], pa
     out part comes from the end so that it is one contiguous stretch, disjoint from what train keeps. Returns the
     splits and what was carved ({split: [count, unit]}, empty when nothing was).
     """
+    if isinstance(splits["train"], IterableDataset):  # a stream is never read whole: a held-out split left empty
+        return splits, {}                               # is reported when it is packed (calibration._check_not_empty)
     empty = [s for s in ("validation", "test") if fractions[s] > 0 and not _has_text(splits[s])]
     if not empty:
         return splits, {}
@@ -529,10 +543,12 @@ def load_corpus(cfg: Any, *, root: str | Path | None = None) -> Corpus:
     seed = _int_field(cfg, "seed", 0, 0) or 0
     text_field = str(_field(cfg, "text_field", "text") or "text")
     if source == "stdlib":
+        if _field(cfg, "streaming", False):
+            raise MinitronError("data.streaming=true applies to data=hf and data=local; drop it for the embedded corpus")
         return _load_stdlib(Path(root) if root is not None else None, fractions)
     if source == "local":
         path = Path(str(_required(cfg, "path", "local", "/path/to/file_or_folder"))).expanduser()
-        return _load_local(path, text_field, fractions, seed)
+        return _load_local(path, text_field, fractions, seed, bool(_field(cfg, "streaming", False)))
     if source == "hf":
         return _load_hf(cfg, text_field, fractions, seed)
     raise MinitronError(f"data.source: '{source}' is not a known source; use stdlib, local or hf")

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from minitron.checkpoint import checkpoint_folder, load_checkpoint
+from minitron.checkpoint import cast_checkpoint, check_dtype, checkpoint_folder, load_checkpoint
 from minitron.config import compose, to_plain
 from minitron.data.calibration import cache_root, packed_data
 from minitron.distill.trainer import DistillResult, check_same_tokenizer, distill, loss_spec
 from minitron.errors import MinitronError
+from minitron.ranks import is_main_process
 from minitron.train.pretrain import pretrain, teacher_path
 from minitron.train.settings import TrainSettings
 
@@ -28,8 +29,9 @@ from minitron.train.settings import TrainSettings
 def student_path(cfg: DictConfig) -> Path:
     given = cfg.get("student")
     if not given:
-        raise MinitronError("student= is required: pass a checkpoint folder, for example the output of `minitron prune`")
-    return checkpoint_folder(given, "student")
+        raise MinitronError("student= is required: pass a checkpoint folder or hub id, for example the output of "
+                            "`minitron prune`")
+    return checkpoint_folder(given, "student", "pass a folder written by save_pretrained or a hub id")
 
 
 def correction_settings(tc: DictConfig) -> tuple[int, float, int]:
@@ -76,14 +78,15 @@ def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
 
 
 def run_distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
+    check_dtype(cfg.dtype)
     student_dir = student_path(cfg)
     spec = loss_spec(cfg.distill)
     train = TrainSettings.from_config(cfg)
     teacher_dir = teacher_path(cfg, run_dir)
     if cfg.teacher_correction.steps:
         teacher_dir = correct_teacher(cfg, teacher_dir, run_dir)
-    teacher, teacher_tok = load_checkpoint(teacher_dir)
-    student, student_tok = load_checkpoint(student_dir)
+    teacher, teacher_tok = load_checkpoint(teacher_dir, dtype=cfg.dtype)
+    student, student_tok = load_checkpoint(student_dir)  # float32 master weights, whatever cfg.dtype is
     check_same_tokenizer(teacher_tok, student_tok)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise MinitronError(
@@ -92,8 +95,11 @@ def run_distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
         )
     splits = packed_data(cfg.data, cfg.cache_dir, student_tok)
     print(f"distilling {student_dir} ({student.num_parameters():,} parameters) from {teacher_dir}")
-    return distill(
+    result = distill(
         teacher, student, splits["train"], splits["validation"], run_dir,
         train=train, loss=spec, seq_len=int(cfg.data.seq_len), seed=int(cfg.seed),
         out=cfg.get("out"), tokenizer=student_tok, resume=bool(cfg.resume),
     )
+    if is_main_process():
+        cast_checkpoint(result.path, cfg.dtype)
+    return result

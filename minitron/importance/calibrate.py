@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
-from minitron.checkpoint import check_dtype, load_config, load_model
+from minitron.checkpoint import check_dtype, checkpoint_folder, load_config, load_model
 from minitron.data.calibration import Calibration, packed_data
 from minitron.errors import MinitronError
 from minitron.importance.estimate import estimate
@@ -46,6 +46,7 @@ def score_checkpoint(
     """Score the checkpoint at `path` on calibration blocks of the corpus `data_cfg` names, tokenized with the
     checkpoint's own tokenizer. `options` are `estimate`'s (aggregations, MLP site, depth scores)."""
     torch_dtype = check_dtype(dtype)
+    path = checkpoint_folder(path, "teacher")  # a hub id becomes its snapshot folder: the streaming pass reads files
     config = load_config(path, trust_remote_code=trust_remote_code)
     get_adapter(config)  # an unsupported family fails here, before the data is packed
     limit = getattr(config, "max_position_embeddings", None)

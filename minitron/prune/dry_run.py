@@ -37,7 +37,7 @@ def config_from_arch(arch: DictConfig | dict[str, Any], *, vocab_size: int | Non
 def source_config(teacher: Any, arch: Any, *, vocab_size: int | None = None, trust_remote_code: bool = False) -> PretrainedConfig:
     """The config of the model to prune: the `teacher` checkpoint's when given, else built from `arch` (no weights)."""
     if teacher:
-        return load_config(checkpoint_folder(teacher, "teacher"), trust_remote_code=trust_remote_code)
+        return load_config(checkpoint_folder(teacher, "teacher", weights=False), trust_remote_code=trust_remote_code)
     return config_from_arch(arch, vocab_size=vocab_size)
 
 

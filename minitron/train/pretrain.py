@@ -61,7 +61,7 @@ def load_tokenizer(cfg: DictConfig, corpus) -> tuple[PreTrainedTokenizerBase, st
     """The model's own tokenizer for a pretrained checkpoint, else a byte-level BPE trained on the corpus (cached)."""
     source = cfg.model.get("tokenizer") or cfg.model.get("path")
     if source:
-        return AutoTokenizer.from_pretrained(str(source)), str(source)
+        return AutoTokenizer.from_pretrained(str(checkpoint_folder(source, "model.path"))), str(source)
     return cached_bpe_tokenizer(cfg.data, cfg.cache_dir, corpus)
 
 
@@ -114,7 +114,8 @@ def train_from_scratch(
     for callback in callbacks:
         trainer.add_callback(callback)
     if args.process_index == 0:
-        print(f"training {type(model).__name__} with {model.num_parameters():,} parameters on {len(train_dataset):,} "
+        blocks = f"{len(train_dataset):,}" if hasattr(train_dataset, "__len__") else "a stream of"
+        print(f"training {type(model).__name__} with {model.num_parameters():,} parameters on {blocks} "
               f"blocks of {seq_len} tokens for {args.max_steps} steps")
         if last is not None:
             print(f"resuming from {last}")
@@ -180,7 +181,10 @@ def _pretrain_into(out: Path, cfg: DictConfig, run_dir: Path, corpus, tokenizer,
     seconds = time.perf_counter() - start
 
     val = lm_loss(trainer.model, splits["validation"], batch_size=settings.batch_size, max_batches=settings.eval_batches)
-    uni = unigram_loss(splits["train"], splits["validation"], model.config.vocab_size)
+    # on a stream the unigram model is fitted on as many blocks as the model was trained on (a stream has no end)
+    streamed = not hasattr(splits["train"], "__len__")
+    uni = unigram_loss(splits["train"], splits["validation"], model.config.vocab_size,
+                       max_train_blocks=trainer.tokens_seen // cfg.data.seq_len if streamed else None)
     result = PretrainResult(str(out), val, uni, model.num_parameters(), trainer.tokens_seen, seconds, cached=False)
     save_final(trainer, out, tokenizer, SUMMARY_FILE, {**asdict(result), "corpus": corpus.fingerprint})
     if is_main_process():
@@ -204,6 +208,6 @@ def teacher_path(cfg: DictConfig, run_dir: Path) -> Path:
     if is_named(given):
         return materialise(given, cfg.cache_dir)
     if given:
-        return checkpoint_folder(given, "teacher", "pass a folder written by save_pretrained, a packaged model "
-                                                   f"({', '.join(NAMED)}), or leave teacher unset for the embedded default")
+        return checkpoint_folder(given, "teacher", "pass a folder written by save_pretrained, a hub id, a packaged "
+                                                   f"model ({', '.join(NAMED)}), or leave teacher unset for the embedded default")
     return default_teacher(cfg.cache_dir, run_dir)

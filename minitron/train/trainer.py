@@ -12,12 +12,14 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import torch
+from datasets import IterableDataset
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
@@ -218,6 +220,11 @@ def build_trainer(
     desc: str = "train",
 ) -> LossTrainer:
     tokens_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * seq_len
+    if isinstance(train_dataset, IterableDataset):
+        # A stream is cycled, so that one shorter than max_steps wraps around inside the Trainer's first epoch: the
+        # Trainer then resumes by skipping global_step x accumulation batches of that one epoch, which lands exactly
+        # where the killed run stopped (across an epoch boundary of a stream it would restart the epoch instead).
+        train_dataset = train_dataset.repeat(None)
     trainer = LossTrainer(
         model=model,
         args=args,
@@ -332,18 +339,30 @@ def save_final(
     trainer.accelerator.wait_for_everyone()
 
 
+def _chunks(rows: Iterable[dict], size: int, limit: int | None) -> Iterable[list[dict]]:
+    """Consecutive lists of `size` rows (the last may be shorter), at most `limit` of them."""
+    it = iter(rows)
+    while limit is None or limit > 0:
+        chunk = list(islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+        limit = None if limit is None else limit - 1
+
+
 @torch.no_grad()
 def lm_loss(model: PreTrainedModel, dataset, *, batch_size: int = 8, max_batches: int | None = None) -> float:
-    """Mean next-token loss in nats over every real token of `dataset` (token-weighted, not batch-weighted)."""
+    """Mean next-token loss in nats over every real token of `dataset` (token-weighted, not batch-weighted): a
+    Dataset or a stream of packed blocks, read in order."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    n = len(dataset)
-    batches = math.ceil(n / batch_size) if max_batches is None else min(max_batches, math.ceil(n / batch_size))
-    for b in tqdm(range(batches), desc="eval", leave=False, dynamic_ncols=True):
-        batch = collate([dataset[i] for i in range(b * batch_size, min(n, (b + 1) * batch_size))])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    n = math.ceil(len(dataset) / batch_size) if hasattr(dataset, "__len__") else None
+    total_batches = n if max_batches is None else max_batches if n is None else min(n, max_batches)
+    for rows in tqdm(_chunks(dataset, batch_size, max_batches), total=total_batches, desc="eval", leave=False,
+                     dynamic_ncols=True):
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:].flatten()
         total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum").item()
@@ -354,13 +373,14 @@ def lm_loss(model: PreTrainedModel, dataset, *, batch_size: int = 8, max_batches
     return total / count
 
 
-def unigram_loss(train_dataset, eval_dataset, vocab_size: int) -> float:
-    """Cross-entropy (nats/token) of an add-one unigram model fitted on the train blocks, on the eval targets.
+def unigram_loss(train_dataset, eval_dataset, vocab_size: int, *, max_train_blocks: int | None = None) -> float:
+    """Cross-entropy (nats/token) of an add-one unigram model fitted on the train blocks (the first
+    `max_train_blocks` when given: a stream has no end), on the eval targets.
 
     The baseline a language model must beat clearly: it knows token frequencies and nothing about context.
     """
     counts = torch.ones(vocab_size, dtype=torch.float64)
-    for ex in train_dataset:
+    for ex in islice(train_dataset, max_train_blocks):
         ids = torch.tensor(ex["input_ids"])[torch.tensor(ex["attention_mask"]) == 1]
         counts += torch.bincount(ids, minlength=vocab_size).double()
     logp = (counts / counts.sum()).log()

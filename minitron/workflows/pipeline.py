@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from transformers import AutoConfig
 
-from minitron.checkpoint import load_checkpoint, save_checkpoint
+from minitron.checkpoint import cast_checkpoint, checkpoint_folder, load_checkpoint, load_config, save_checkpoint
 from minitron.config import to_plain
 from minitron.data.calibration import Calibration, packed_data
 from minitron.distill.recipe import correct_teacher
@@ -33,6 +32,7 @@ from minitron.io import write_json, write_text
 from minitron.prune import prune as prune_model
 from minitron.prune.dry_run import config_from_arch, dry_run
 from minitron.prune.target import Target
+from minitron.real_models import is_named, materialise
 from minitron.ranks import rank, world_size
 from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
 from minitron.train.settings import TrainSettings
@@ -71,8 +71,10 @@ def stage(run_dir: Path, name: str, fn: Callable[[], dict[str, Any]], *, every_r
 def plan(cfg: DictConfig) -> dict[str, Any]:
     """What the pipeline would do, from the config alone (no weights, no data): shapes, exact parameter counts,
     the retraining schedule and its token budget. `minitron pipeline dry_run=true` prints it."""
-    if cfg.teacher:  # a folder, or a packaged model (converted once; teacher_path trains nothing when teacher is set)
-        source = AutoConfig.from_pretrained(str(teacher_path(cfg, Path("."))))
+    if is_named(cfg.teacher):  # a packaged model: its config after the one conversion
+        source = load_config(materialise(cfg.teacher, cfg.cache_dir))
+    elif cfg.teacher:
+        source = load_config(checkpoint_folder(cfg.teacher, "teacher", weights=False))
     else:
         source = config_from_arch(cfg.model.arch, vocab_size=cfg.data.tokenizer.vocab_size)
     shapes = dry_run(source, to_plain(cfg.target))
@@ -174,11 +176,14 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("pruned", results["prune"]["path"])
 
     def distill() -> dict[str, Any]:
-        student, _ = load_checkpoint(results["prune"]["path"], dtype=cfg.dtype)
+        # float32 master weights whatever `dtype` is: with train.bf16 the Trainer computes in bf16 (mixed precision,
+        # as the papers train); the distilled checkpoint is then saved in `dtype`
+        student, _ = load_checkpoint(results["prune"]["path"], dtype="float32")
         out = distill_student(model, student, data["train"], data["validation"], run_dir / "distill",
                               train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
                               out=run_dir / "distilled", tokenizer=tokenizer)
         if rank() == 0:
+            cast_checkpoint(out.path, cfg.dtype)
             _copy_plot(run_dir / "distill" / "loss.png", run_dir / "plots" / "distill_loss.png")
         return {"path": out.path, "tokens": out.tokens, "steps": out.steps, "train_seconds": out.seconds}
 
@@ -188,7 +193,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     def scratch() -> dict[str, Any]:
         config = type(model.config).from_pretrained(results["prune"]["path"])
         torch.manual_seed(cfg.seed)
-        fresh = type(model)._from_config(config, dtype=model.dtype)
+        fresh = type(model)._from_config(config, dtype=torch.float32)  # master weights, as for distillation
         fresh.generation_config = model.generation_config
         settings = dataclasses.replace(train, lr=float(cfg.baseline.lr), deepspeed=None)
         # resume=True: a killed run continues from its last checkpoint
@@ -197,6 +202,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         out = run_dir / "scratch" / "model"
         save_final(trainer, out, tokenizer, SUMMARY_FILE, {"tokens": trainer.tokens_seen, "steps": trainer.state.global_step})
         if rank() == 0:
+            cast_checkpoint(out, cfg.dtype)
             plot_curves(run_dir / "scratch" / "metrics.jsonl", run_dir / "plots" / "scratch_loss.png", title="from scratch")
         return {"path": str(out), "tokens": trainer.tokens_seen}
 
