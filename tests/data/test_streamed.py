@@ -60,11 +60,11 @@ def test_packed_stream_and_its_cached_validation(corpus_file, tokenizer, tmp_pat
     held_out = texts(load_corpus(cfg).splits["validation"])[:2]
     tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in held_out)  # + eos
     assert sum(sum(m) for m in data["validation"]["attention_mask"]) == tokens
-    cached = list((tmp_path / "packed").iterdir())
-    assert len(cached) == 1
+    cached = sorted((tmp_path / "packed").iterdir())
+    assert [p.name.startswith(".") and p.name.endswith(".lock") for p in cached] == [True, False]  # the entry, its lock
     again = packed_data(cfg, tmp_path, tokenizer)
     assert again["validation"]["input_ids"] == data["validation"]["input_ids"]
-    assert list((tmp_path / "packed").iterdir()) == cached
+    assert sorted((tmp_path / "packed").iterdir()) == cached
     first = [row["input_ids"] for _, row in zip(range(5), data["train"])]
     assert first == [row["input_ids"] for _, row in zip(range(5), again["train"])]
     assert all(len(ids) == 64 for ids in first)
