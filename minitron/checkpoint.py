@@ -103,12 +103,16 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
     return model
 
 
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a checkpoint folder or hub id (no weights are read)."""
+    local = Path(str(path)).expanduser()
+    return AutoTokenizer.from_pretrained(str(local if local.exists() else path))
+
+
 def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False):
     """(model in eval mode, tokenizer) from a checkpoint folder or hub id."""
     model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    local = Path(str(path)).expanduser()
-    tokenizer = AutoTokenizer.from_pretrained(str(local if local.exists() else path))
-    return model.eval(), tokenizer
+    return model.eval(), load_tokenizer(path)
 
 
 def parse_size(size: int | str) -> int:

@@ -174,10 +174,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("pruned", results["prune"]["path"])
 
     def distill() -> dict[str, Any]:
-        student, _ = load_checkpoint(results["prune"]["path"], dtype=cfg.dtype)
-        out = distill_student(model, student, data["train"], data["validation"], run_dir / "distill",
-                              train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
-                              out=run_dir / "distilled", tokenizer=tokenizer)
+        # checkpoint paths, not the teacher in memory: the models are created after the DeepSpeed config is
+        # registered, partitioned under ZeRO-3 (`minitron.distill.trainer.create_models`)
+        out = distill_student(teacher_dir, results["prune"]["path"], data["train"], data["validation"],
+                              run_dir / "distill", train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len,
+                              seed=cfg.seed, out=run_dir / "distilled", tokenizer=tokenizer, dtype=cfg.dtype)
         if rank() == 0:
             _copy_plot(run_dir / "distill" / "loss.png", run_dir / "plots" / "distill_loss.png")
         return {"path": out.path, "tokens": out.tokens, "steps": out.steps, "train_seconds": out.seconds}
