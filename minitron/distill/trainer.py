@@ -266,6 +266,12 @@ def create_models(
     rank; under ZeRO-3 that is said once, loudly.
     """
     sharded = _zero_stage(args) == 3
+    if sharded:
+        import deepspeed  # only under ZeRO-3: importing it takes seconds and probes for accelerators
+
+        _ = args.device  # sets up torch's process group
+        # zero.Init partitions over DeepSpeed's view of that group, and sizes the batch by it (1 rank when unset)
+        deepspeed.init_distributed()
     teacher_dtype = "bfloat16" if args.bf16 else dtype
     given = [name for name, m in (("teacher", teacher), ("student", student)) if isinstance(m, nn.Module)]
     if sharded and given and args.process_index == 0:
