@@ -52,14 +52,18 @@ def _kl_ce_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
         lse_s = lse_1 if t == 1 else torch.logsumexp(s_t, -1)
         lse_t = torch.logsumexp(t_t, -1)
         p = (t_t - lse_t.unsqueeze(-1)).exp_()
-        kl = torch.linalg.vecdot(p, t_t - s_t) + lse_s - lse_t
+        # two row dots instead of p . (t - s): no [chunk, vocab] difference
+        kl = torch.linalg.vecdot(p, t_t) - torch.linalg.vecdot(p, s_t) + lse_s - lse_t
         kl = kl.masked_fill(~keep, 0)
         loss = loss + w * t * t * kl.sum()
         if t == 1:
             metrics["kl"] = kl.sum()
         else:
             metrics = None  # the logged KL is at T = 1: the caller computes it
-        grad = (s_t - lse_s.unsqueeze(-1)).exp_()  # q
+        # q; at T = 1 written over the teacher's logits, which are no longer needed (the caller's chunk buffer,
+        # see `_walk`): three [chunk, vocab] buffers at the peak (student and teacher logits, p) instead of four
+        q_buf = t_logits if t == 1 else torch.empty_like(s_t)
+        grad = torch.sub(s_t, lse_s.unsqueeze(-1), out=q_buf).exp_()
         if c > 0 and t == 1:
             grad.mul_(w + c).sub_(p, alpha=w)
         else:
@@ -94,18 +98,19 @@ def _rkl_jsd_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
     lse_1 = torch.logsumexp(s_logits, -1)
     ce = (lse_1 - s_logits.gather(-1, safe).squeeze(-1)).masked_fill(~keep, 0)
     metrics: dict[str, torch.Tensor] | None = {"ce": ce.sum()}
-    s_t = s_logits if t == 1 else s_logits / t
-    log_q = s_t - (lse_1 if t == 1 else torch.logsumexp(s_t, -1)).unsqueeze(-1)
-    del s_t
+    # log q and log p in place: at T = 1 over the chunk's logits (the caller's buffers, no longer needed once the
+    # cross-entropy above is taken, see `_walk`), at other T over the scaled copies
+    log_q = s_logits if t == 1 else s_logits / t
+    log_q = log_q.sub_((lse_1 if t == 1 else torch.logsumexp(log_q, -1)).unsqueeze(-1))
     log_p = t_logits if t == 1 else t_logits / t
-    log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
+    log_p = log_p.sub_(torch.logsumexp(log_p, -1, keepdim=True))
+    p = log_p.exp() if t == 1 or spec.kind == "jsd" else None
     if t == 1:  # the logged forward KL(p || q) at T = 1: p . log p - p . log q, no [chunk, vocab] difference
-        p = log_p.exp()
         metrics["kl"] = (torch.linalg.vecdot(p, log_p) - torch.linalg.vecdot(p, log_q)).masked_fill(~keep, 0).sum()
-        del p
     else:
         metrics = None  # the logged KL is at T = 1: the caller computes it
     if spec.kind == "rkl":
+        del p
         d = torch.sub(log_q, log_p, out=log_p)  # log q - log p, in log p's storage
         q = log_q.exp_()
         div = torch.linalg.vecdot(q, d)
@@ -114,7 +119,6 @@ def _rkl_jsd_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
         beta = float(spec.beta)
         log_m = log_p + math.log(beta)
         torch.logaddexp(log_m, log_q + math.log(1 - beta), out=log_m)
-        p = log_p.exp()
         a = log_p.sub_(log_m)  # log p - log m
         div = beta * torch.linalg.vecdot(p, a)
         del p, a, log_p
@@ -133,7 +137,10 @@ def _rkl_jsd_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
 
 
 def _walk(h_s, w_s, h_t, w_t, labels, spec, chunk, want_grad_h, want_grad_w, stats):
-    """One pass over the chunks: summed loss, and (when asked) gradients of the summed loss."""
+    """One pass over the chunks: summed loss, and (when asked) gradients of the summed loss.
+
+    The chunk's logits are fresh buffers of this walk: the closed-form loss functions may overwrite them when
+    they return metrics (at T = 1); when they return None for the metrics, they have left them intact."""
     total = torch.zeros((), dtype=torch.float32, device=h_s.device)
     grad_h = torch.zeros_like(h_s) if want_grad_h else None
     grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if want_grad_w else None
