@@ -2,14 +2,14 @@
 
 The step is `DistillLoss.__call__`: the student's forward (final hidden states, and the chosen layers' states
 when intermediate losses are on), the teacher's forward under `no_grad`, then the logit loss (chunked over the
-vocabulary when `chunk_size` > 0 and the output weights are local) plus, optionally, alpha x the intermediate
+vocabulary when `chunk_size` > 0, also under ZeRO-3) plus, optionally, alpha x the intermediate
 loss. Everything else (schedule, DeepSpeed, checkpoints, resume, progress bar, metrics.jsonl) is the
 `transformers.Trainer` of `minitron.train.trainer`.
 
 Under ZeRO-3 teacher and student are created partitioned (`create_models`: from checkpoint paths, inside
 `deepspeed.zero.Init`), the teacher is wrapped in its own DeepSpeed engine (no optimizer) so that its weights
 stay partitioned over the ranks like the student's, and the chunked vocabulary loss runs inside the student's
-output layer (`_ChunkedHead`), where ZeRO-3 gathers that layer's weight for the forward and again for the backward,
+output layer (`_chunked_in_head`), where ZeRO-3 gathers that layer's weight for the forward and again for the backward,
 so the weight's gradient is reduced to its partitions as for any other layer.
 """
 
