@@ -120,7 +120,9 @@ def _run(mode: str, teacher: Path, student: Path, work: Path, steps: int) -> dic
             f"hydra.run.dir={work / ('run_' + mode)}", "resume=false", f"deepspeed={mode}", f"train.max_steps={steps}",
             "train.batch_size=1", "train.save_steps=0", "train.eval_batches=1", "train.logging_steps=1", *DATA]
     me = [str(Path(__file__).resolve()), "--child", str(out), "--"]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
+    # a fixed mmap threshold makes glibc hand large freed blocks back at once, so the resident set tracks live
+    # tensors (as in distill_loss.py), in both runs: zero.Init creates each module whole and frees it once partitioned
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     if mode == "none":
         cmd = [sys.executable, *me, *argv, "train.gradient_accumulation_steps=2"]  # the same global batch as 2 ranks

@@ -233,6 +233,11 @@ def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
         if value == "auto":
             zero[key] = sized.get(key, value)
     zero.pop("offload_optimizer", None)
+    # The teacher has no backward: each weight is used once per step, by the next step's forward. DeepSpeed keeps
+    # a gathered weight whose next use is within `stage3_max_reuse_distance` elements (default 1e9), which for a
+    # teacher under 1e9 parameters means keeping all of it gathered on every rank from the second step on.
+    # Released after each use, the teacher stays partitioned; prefetching still overlaps the next gathers.
+    zero["stage3_max_reuse_distance"] = 0
     for key, value in list(config.items()):
         if value == "auto":
             config.pop(key)
