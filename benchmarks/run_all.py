@@ -228,7 +228,8 @@ def _distill_rows(d: dict) -> list[tuple[str, str, str]]:
                 measured = "not run (--kinds)"
             else:
                 measured = _pair(r, "chunked_jsd", "trl_jsd", v["chunked_jsd_over_trl_jsd"], what)
-            rows.append((figure, measured, "- (the peer)"))
+            key = "peer_memory_ratio" if what == "memory" else "peer_time_ratio"
+            rows.append((figure, measured, f"<= {targets[key]}" if key in targets else "- (the peer)"))
     return rows
 
 

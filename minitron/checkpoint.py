@@ -144,11 +144,15 @@ def _hub_or(err: BaseException, local: Path, otherwise: str) -> str:
     return hub if hub is not None else otherwise
 
 
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of a checkpoint folder or hub id (no weights are read or fetched)."""
+    return AutoTokenizer.from_pretrained(str(checkpoint_folder(path, "checkpoint", weights=False)))
+
+
 def load_checkpoint(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False):
     """(model in eval mode, tokenizer) from a checkpoint folder or hub id."""
     model = load_model(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_folder(path, "checkpoint")))
-    return model.eval(), tokenizer
+    return model.eval(), load_tokenizer(path)
 
 
 def parse_size(size: int | str) -> int:

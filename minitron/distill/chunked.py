@@ -3,7 +3,8 @@
 `chunked_logit_loss` takes the final (post-norm) hidden states and output-layer weights of the student and the
 teacher and walks over the tokens `chunk_size` at a time: per chunk it forms both models' logits, the per-token
 loss of `minitron.distill.losses.token_losses`, and the gradient of that loss with respect to the chunk's
-logits (in closed form for forward KL and cross-entropy, by autograd on the chunk for the others), which it folds at once into gradients for the student's hidden states and output weight. Only one chunk
+logits (in closed form for forward KL, reverse KL, the generalized JSD and cross-entropy; by autograd on the
+chunk for top-k), which it folds at once into gradients for the student's hidden states and output weight. Only one chunk
 of logits exists at any moment, so memory is O(chunk x vocab) instead of O(tokens x vocab) for each model.
 
 Two schedules, equal in values and gradients:
@@ -15,6 +16,8 @@ Two schedules, equal in values and gradients:
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -49,14 +52,18 @@ def _kl_ce_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
         lse_s = lse_1 if t == 1 else torch.logsumexp(s_t, -1)
         lse_t = torch.logsumexp(t_t, -1)
         p = (t_t - lse_t.unsqueeze(-1)).exp_()
-        kl = torch.linalg.vecdot(p, t_t - s_t) + lse_s - lse_t
+        # two row dots instead of p . (t - s): no [chunk, vocab] difference
+        kl = torch.linalg.vecdot(p, t_t) - torch.linalg.vecdot(p, s_t) + lse_s - lse_t
         kl = kl.masked_fill(~keep, 0)
         loss = loss + w * t * t * kl.sum()
         if t == 1:
             metrics["kl"] = kl.sum()
         else:
             metrics = None  # the logged KL is at T = 1: the caller computes it
-        grad = (s_t - lse_s.unsqueeze(-1)).exp_()  # q
+        # q; at T = 1 written over the teacher's logits, which are no longer needed (the caller's chunk buffer,
+        # see `_walk`): three [chunk, vocab] buffers at the peak (student and teacher logits, p) instead of four
+        q_buf = t_logits if t == 1 else torch.empty_like(s_t)
+        grad = torch.sub(s_t, lse_s.unsqueeze(-1), out=q_buf).exp_()
         if c > 0 and t == 1:
             grad.mul_(w + c).sub_(p, alpha=w)
         else:
@@ -72,8 +79,68 @@ def _kl_ce_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
     return loss, grad.masked_fill_(~keep.unsqueeze(-1), 0), metrics
 
 
+def _rkl_jsd_with_grad(s_logits, t_logits, labels, spec: LogitLossSpec):
+    """Summed reverse-KL or generalized-JSD loss (+ cross-entropy) of one chunk, its closed-form gradient w.r.t.
+    the student's logits, and the logged sums (or None when they need a separate pass), as `_kl_ce_with_grad`.
+
+    With z = s/T, q = softmax(z), p = softmax(t/T), and a loss L(q), the softmax Jacobian gives
+    dL/dz = q * (g - q . g) for g = dL/dq. Reverse KL(q || p) = q . (log q - log p) has g = log q - log p + 1,
+    and the constant drops out: dL/dz = q * (d - RKL) with d = log q - log p. The generalized JSD,
+    beta KL(p || m) + (1 - beta) KL(q || m) with m = beta p + (1 - beta) q, has
+    g = (1 - beta) log(q / m) (the terms from m's dependence on q cancel: -beta (1 - beta) p/m + (1 - beta)
+    (1 - (1 - beta) q/m) = (1 - beta)(1 - m/m)), so dL/dz = (1 - beta) q * (b - q . b) with b = log q - log m.
+    The term is w T^2 L, and dz/ds = 1/T, so d/ds = w T dL/dz. log m = logaddexp(log beta + log p,
+    log(1 - beta) + log q) stays finite where p or q underflows. Rows with label -100 get zero loss and gradient.
+    """
+    keep = labels != IGNORE_INDEX
+    safe = labels.clamp(min=0).unsqueeze(-1)
+    w, c, t = spec.weight, spec.ce_weight, spec.temperature
+    lse_1 = torch.logsumexp(s_logits, -1)
+    ce = (lse_1 - s_logits.gather(-1, safe).squeeze(-1)).masked_fill(~keep, 0)
+    metrics: dict[str, torch.Tensor] | None = {"ce": ce.sum()}
+    # log q and log p in place: at T = 1 over the chunk's logits (the caller's buffers, no longer needed once the
+    # cross-entropy above is taken, see `_walk`), at other T over the scaled copies
+    log_q = s_logits if t == 1 else s_logits / t
+    log_q = log_q.sub_((lse_1 if t == 1 else torch.logsumexp(log_q, -1)).unsqueeze(-1))
+    log_p = t_logits if t == 1 else t_logits / t
+    log_p = log_p.sub_(torch.logsumexp(log_p, -1, keepdim=True))
+    p = log_p.exp() if t == 1 or spec.kind == "jsd" else None
+    if t == 1:  # the logged forward KL(p || q) at T = 1: p . log p - p . log q, no [chunk, vocab] difference
+        metrics["kl"] = (torch.linalg.vecdot(p, log_p) - torch.linalg.vecdot(p, log_q)).masked_fill(~keep, 0).sum()
+    else:
+        metrics = None  # the logged KL is at T = 1: the caller computes it
+    if spec.kind == "rkl":
+        del p
+        d = torch.sub(log_q, log_p, out=log_p)  # log q - log p, in log p's storage
+        q = log_q.exp_()
+        div = torch.linalg.vecdot(q, d)
+        grad = d.sub_(div.unsqueeze(-1)).mul_(q).mul_(w * t)
+    else:
+        beta = float(spec.beta)
+        log_m = log_p + math.log(beta)
+        torch.logaddexp(log_m, log_q + math.log(1 - beta), out=log_m)
+        a = log_p.sub_(log_m)  # log p - log m
+        div = beta * torch.linalg.vecdot(p, a)
+        del p, a, log_p
+        q = log_q.exp()
+        b = log_q.sub_(log_m)  # log q - log m
+        del log_m
+        qb = torch.linalg.vecdot(q, b)
+        div = div + (1 - beta) * qb
+        grad = b.sub_(qb.unsqueeze(-1)).mul_(q).mul_((1 - beta) * w * t)
+    loss = w * t * t * div.masked_fill(~keep, 0).sum()
+    if c > 0:
+        loss = loss + c * ce.sum()
+        grad.add_(q if t == 1 else (s_logits - lse_1.unsqueeze(-1)).exp_(), alpha=c)  # q is softmax(s) at T = 1
+        grad.scatter_add_(-1, safe, torch.full(safe.shape, -float(c), dtype=grad.dtype, device=grad.device))
+    return loss, grad.masked_fill_(~keep.unsqueeze(-1), 0), metrics
+
+
 def _walk(h_s, w_s, h_t, w_t, labels, spec, chunk, want_grad_h, want_grad_w, stats):
-    """One pass over the chunks: summed loss, and (when asked) gradients of the summed loss."""
+    """One pass over the chunks: summed loss, and (when asked) gradients of the summed loss.
+
+    The chunk's logits are fresh buffers of this walk: the closed-form loss functions may overwrite them when
+    they return metrics (at T = 1); when they return None for the metrics, they have left them intact."""
     total = torch.zeros((), dtype=torch.float32, device=h_s.device)
     grad_h = torch.zeros_like(h_s) if want_grad_h else None
     grad_w = torch.zeros(w_s.shape, dtype=torch.float32, device=w_s.device) if want_grad_w else None
@@ -86,6 +153,8 @@ def _walk(h_s, w_s, h_t, w_t, labels, spec, chunk, want_grad_h, want_grad_w, sta
         if want_grad_h or want_grad_w:
             if spec.kind in ("kl", "none"):
                 part, g, metrics = _kl_ce_with_grad(s_logits, t_logits, y, spec)
+            elif spec.kind in ("rkl", "jsd") and spec.needs_teacher:
+                part, g, metrics = _rkl_jsd_with_grad(s_logits, t_logits, y, spec)
             else:
                 with torch.enable_grad():
                     s_req = s_logits.detach().requires_grad_()

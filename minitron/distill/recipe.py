@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from minitron.checkpoint import cast_checkpoint, check_dtype, checkpoint_folder, load_checkpoint
+from minitron.checkpoint import cast_checkpoint, check_dtype, checkpoint_folder, load_config, load_tokenizer
 from minitron.config import compose, to_plain
 from minitron.data.calibration import cache_root, packed_data
 from minitron.distill.trainer import DistillResult, check_same_tokenizer, distill, loss_spec
@@ -85,18 +85,20 @@ def run_distill(cfg: DictConfig, run_dir: Path) -> DistillResult:
     teacher_dir = teacher_path(cfg, run_dir)
     if cfg.teacher_correction.steps:
         teacher_dir = correct_teacher(cfg, teacher_dir, run_dir)
-    teacher, teacher_tok = load_checkpoint(teacher_dir, dtype=cfg.dtype)
-    student, student_tok = load_checkpoint(student_dir)  # float32 master weights, whatever cfg.dtype is
+    # only configs and tokenizers here: the models are created inside `distill`, after its DeepSpeed config is
+    # registered, so that under ZeRO-3 they are created partitioned (see `minitron.distill.trainer.create_models`)
+    teacher_tok, student_tok = load_tokenizer(teacher_dir), load_tokenizer(student_dir)
     check_same_tokenizer(teacher_tok, student_tok)
-    if teacher.config.vocab_size != student.config.vocab_size:
+    teacher_vocab, student_vocab = load_config(teacher_dir).vocab_size, load_config(student_dir).vocab_size
+    if teacher_vocab != student_vocab:
         raise MinitronError(
-            f"teacher vocab_size={teacher.config.vocab_size} differs from the student's {student.config.vocab_size}; "
+            f"teacher vocab_size={teacher_vocab} differs from the student's {student_vocab}; "
             "the logits must line up token for token"
         )
     splits = packed_data(cfg.data, cfg.cache_dir, student_tok)
-    print(f"distilling {student_dir} ({student.num_parameters():,} parameters) from {teacher_dir}")
+    print(f"distilling {student_dir} from {teacher_dir}")
     result = distill(
-        teacher, student, splits["train"], splits["validation"], run_dir,
+        teacher_dir, student_dir, splits["train"], splits["validation"], run_dir,
         train=train, loss=spec, seq_len=int(cfg.data.seq_len), seed=int(cfg.seed),
         out=cfg.get("out"), tokenizer=student_tok, resume=bool(cfg.resume),
     )

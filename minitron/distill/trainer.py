@@ -2,13 +2,15 @@
 
 The step is `DistillLoss.__call__`: the student's forward (final hidden states, and the chosen layers' states
 when intermediate losses are on), the teacher's forward under `no_grad`, then the logit loss (chunked over the
-vocabulary when `chunk_size` > 0 and the output weights are local) plus, optionally, alpha x the intermediate
+vocabulary when `chunk_size` > 0, also under ZeRO-3) plus, optionally, alpha x the intermediate
 loss. Everything else (schedule, DeepSpeed, checkpoints, resume, progress bar, metrics.jsonl) is the
 `transformers.Trainer` of `minitron.train.trainer`.
 
-Under ZeRO-3 the teacher is wrapped in its own DeepSpeed engine (no optimizer) so that its weights are
-partitioned over the ranks like the student's; the vocabulary loss then uses the full logits (the output weights
-exist only as shards outside their module's forward).
+Under ZeRO-3 teacher and student are created partitioned (`create_models`: from checkpoint paths, inside
+`deepspeed.zero.Init`), the teacher is wrapped in its own DeepSpeed engine (no optimizer) so that its weights
+stay partitioned over the ranks like the student's, and the chunked vocabulary loss runs inside the student's
+output layer (`_chunked_in_head`), where ZeRO-3 gathers that layer's weight for the forward and again for the backward,
+so the weight's gradient is reduced to its partitions as for any other layer.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from minitron.distill.losses import (
     logit_loss,
     shift_labels,
 )
-from minitron.checkpoint import layer_map
+from minitron.checkpoint import layer_map, load_model
 from minitron.config import to_plain
 from minitron.errors import MinitronError
 from minitron.io import write_json
@@ -100,10 +102,19 @@ def resolve_pairs(
 class DistillLoss:
     """`loss_fn(model, batch) -> (loss, metrics)` for `LossTrainer`: the KD loss against a frozen teacher."""
 
-    def __init__(self, teacher: nn.Module | None, spec: DistillLossSpec, *, sharded: bool = False):
+    def __init__(self, teacher: nn.Module | None, spec: DistillLossSpec, *, sharded: bool = False,
+                 student_config: Any = None):
         self.teacher = teacher
         self.spec = spec
-        self.chunked = spec.chunk_size > 0 and not sharded
+        self.sharded = sharded
+        self.chunked = spec.chunk_size > 0
+        cap = getattr(student_config, "final_logit_softcapping", None)
+        if self.chunked and cap is not None:
+            # the chunks form raw h @ W^T logits and their gradients in closed form; a soft-capped head (Gemma 2/3)
+            # transforms the logits first, so its loss needs the model's own logits
+            print(f"distill: WARNING: distill.chunk_size={spec.chunk_size} is ignored, the loss uses full logits: this "
+                  f"model soft-caps its logits (final_logit_softcapping={cap}), which the chunked loss does not do")
+            self.chunked = False
 
     def _forward(self, model: nn.Module, inputs: dict[str, torch.Tensor], want_states: bool):
         kwargs: dict[str, Any] = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
@@ -126,10 +137,13 @@ class DistillLoss:
         if self.chunked:
             t_hidden = t_out.hidden_states[-1] if t_out is not None else None
             t_weight = _unwrap(self.teacher).get_output_embeddings().weight if t_out is not None else None
-            loss, metrics = chunked_logit_loss(
-                s_out.hidden_states[-1], student.get_output_embeddings().weight, t_hidden, t_weight, labels, spec.logits,
-                chunk_size=spec.chunk_size,
-            )
+            if self.sharded:
+                loss, metrics = _chunked_in_head(student, s_out.hidden_states[-1], t_hidden, t_weight, labels, spec)
+            else:
+                loss, metrics = chunked_logit_loss(
+                    s_out.hidden_states[-1], student.get_output_embeddings().weight, t_hidden, t_weight, labels,
+                    spec.logits, chunk_size=spec.chunk_size,
+                )
         else:
             loss, metrics = logit_loss(s_out.logits, t_out.logits if spec.logits.needs_teacher else None, labels, spec.logits)
         if want_states:
@@ -145,6 +159,37 @@ class DistillLoss:
             metrics["loss_is"] = float(is_term.detach())
             loss, metrics["alpha"] = combine(loss, is_term, spec.intermediate)
         return loss, metrics
+
+
+def _chunked_in_head(student: nn.Module, s_hidden, t_hidden, t_weight, labels, spec: DistillLossSpec):
+    """The chunked loss under ZeRO-3, run as the forward of the student's output layer.
+
+    ZeRO-3 keeps only a partition of each weight on a rank; its hooks on a module's call gather the module's
+    weights before the forward (and, through a hook on the outputs, again before that module's backward) and
+    release them after. Running the loss as the output layer's forward therefore sees the whole student weight
+    once per forward, and the gradient that the loss's backward returns for it goes through ZeRO-3's usual
+    reduce-scatter into the partitions. The teacher's weight takes no gradient: it is gathered for the forward
+    only, with `GatheredParameters(modifier_rank=None)` (read-only, released on exit; the chunked loss keeps no
+    reference to it past its forward, since it forms the gradients there).
+    """
+    import deepspeed  # only under ZeRO-3: importing it takes seconds and probes for accelerators
+
+    head = student.get_output_embeddings()
+    metrics: dict[str, float] = {}
+
+    def loss_forward(hidden: torch.Tensor) -> torch.Tensor:
+        with deepspeed.zero.GatheredParameters([t_weight] if t_weight is not None else [], modifier_rank=None):
+            loss, logged = chunked_logit_loss(hidden, head.weight, t_hidden, t_weight, labels, spec.logits,
+                                              chunk_size=spec.chunk_size, precompute_grad=True)
+        metrics.update(logged)
+        return loss
+
+    head.forward = loss_forward  # an instance attribute: nn.Module.__call__ runs the hooks around it
+    try:
+        loss = head(s_hidden)
+    finally:
+        del head.forward
+    return loss, metrics
 
 
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
@@ -188,6 +233,15 @@ def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
         if value == "auto":
             zero[key] = sized.get(key, value)
     zero.pop("offload_optimizer", None)
+    # The teacher has no backward: each weight is used once per step, by the next step's forward. DeepSpeed keeps
+    # a gathered weight whose next use is within `stage3_max_reuse_distance` elements (default 1e9), which for a
+    # teacher under 1e9 parameters means keeping all of it gathered on every rank from the second step on.
+    # Released after each use, the teacher stays partitioned. Likewise, once DeepSpeed has traced a step it
+    # prefetches up to `stage3_max_live_parameters` (default 1e9) elements ahead: bounded by the prefetch bucket,
+    # a rank holds at most a bucket's worth of the teacher gathered (measured with benchmarks/zero3_memory.py: the
+    # step's peak fell from 4.41 to 3.62 GiB per rank at 514M teacher parameters).
+    zero["stage3_max_reuse_distance"] = 0
+    zero["stage3_max_live_parameters"] = int(zero.get("stage3_prefetch_bucket_size") or hidden * hidden)
     for key, value in list(config.items()):
         if value == "auto":
             config.pop(key)
@@ -198,9 +252,51 @@ def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
     return engine
 
 
+def _numel(model: nn.Module) -> int:
+    """Parameter count, also of a ZeRO-3 partitioned model (whose parameters hold no data outside a forward)."""
+    return sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+
+
+def create_models(
+    teacher: PreTrainedModel | str | Path,
+    student: PreTrainedModel | str | Path,
+    args: TrainingArguments,
+    *,
+    dtype: str = "float32",
+) -> tuple[PreTrainedModel, PreTrainedModel]:
+    """Teacher and student for a run with `args`: checkpoint paths are loaded here, models are used as given.
+
+    Order matters: `TrainingArguments(deepspeed=...)` registers its `HfDeepSpeedConfig`, of which transformers
+    keeps only a weak reference (held alive by `args`). While it lives, `from_pretrained` under ZeRO-3 creates
+    the model inside `deepspeed.zero.Init`, so every weight is partitioned as it is created and rank 0 copies
+    the checkpoint's values in one module at a time: no rank holds a whole model. The teacher is loaded in the
+    training dtype (bfloat16 when bf16 is on), so it never exists in float32 then; the student is loaded in
+    `dtype` (its optimizer keeps float32 master weights). Models passed in already created are whole on every
+    rank; under ZeRO-3 that is said once, loudly.
+    """
+    sharded = _zero_stage(args) == 3
+    if sharded:
+        import deepspeed  # only under ZeRO-3: importing it takes seconds and probes for accelerators
+
+        _ = args.device  # sets up torch's process group
+        # zero.Init partitions over DeepSpeed's view of that group, and sizes the batch by it (1 rank when unset)
+        deepspeed.init_distributed()
+    teacher_dtype = "bfloat16" if args.bf16 else dtype
+    given = [name for name, m in (("teacher", teacher), ("student", student)) if isinstance(m, nn.Module)]
+    if sharded and given and args.process_index == 0:
+        print(f"distill: WARNING: the {' and '.join(given)} came in already created, so every rank holds "
+              f"{'them' if len(given) > 1 else 'it'} whole until DeepSpeed partitions {'them' if len(given) > 1 else 'it'}; "
+              "pass checkpoint paths to create them partitioned under ZeRO-3")
+    if not isinstance(teacher, nn.Module):
+        teacher = load_model(teacher, dtype=teacher_dtype)
+    if not isinstance(student, nn.Module):
+        student = load_model(student, dtype=dtype)
+    return teacher, student
+
+
 def distill(
-    teacher: PreTrainedModel,
-    student: PreTrainedModel,
+    teacher: PreTrainedModel | str | Path,
+    student: PreTrainedModel | str | Path,
     train_dataset,
     eval_dataset,
     run_dir: str | Path,
@@ -213,6 +309,7 @@ def distill(
     tokenizer=None,
     resume: bool = True,
     callbacks: list | None = None,
+    dtype: str = "float32",
 ) -> DistillResult:
     """Distill `student` from the frozen `teacher` on packed blocks; save the student to `out` (default run_dir/student).
 
@@ -221,13 +318,19 @@ def distill(
     optimizer, scheduler, data position and RNG; see `minitron.train.trainer.resume_point`). Writes metrics.jsonl,
     metrics.json and loss.png into `run_dir`.
     `callbacks` (transformers `TrainerCallback`s) are added to the trainer, e.g. to record a validation curve.
+    `teacher` and `student` are models or checkpoint paths; paths are created after the DeepSpeed config is
+    registered, partitioned under ZeRO-3 (see `create_models`), the student in `dtype`.
     """
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "student"
     ckpt_dir = run_dir / "checkpoints"
     train = TrainSettings.of(train)
-    args = training_arguments(train, ckpt_dir, seed=seed)
+    args = training_arguments(train, ckpt_dir, seed=seed)  # before the models: it registers the ZeRO-3 config
     sharded = _zero_stage(args) == 3
+    teacher, student = create_models(teacher, student, args, dtype=dtype)
+    if args.process_index == 0:
+        print(f"distill: student {_numel(student):,} parameters, teacher {_numel(teacher):,}"
+              f"{' (created partitioned over ' + str(args.world_size) + ' ranks by ZeRO-3)' if sharded else ''}")
 
     spec = DistillLossSpec(
         logits=loss.logits,
@@ -248,7 +351,7 @@ def distill(
 
     last = resume_point(args, run_dir / "metrics.jsonl", resume=resume)
     trainer = build_trainer(
-        student, args, train_dataset, loss_fn=DistillLoss(teacher, spec, sharded=sharded), seq_len=seq_len,
+        student, args, train_dataset, loss_fn=DistillLoss(teacher, spec, sharded=sharded, student_config=student.config), seq_len=seq_len,
         metrics_path=run_dir / "metrics.jsonl", desc="distill",
     )
     for callback in callbacks or ():

@@ -176,12 +176,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     evaluate("pruned", results["prune"]["path"])
 
     def distill() -> dict[str, Any]:
-        # float32 master weights whatever `dtype` is: with train.bf16 the Trainer computes in bf16 (mixed precision,
-        # as the papers train); the distilled checkpoint is then saved in `dtype`
-        student, _ = load_checkpoint(results["prune"]["path"], dtype="float32")
-        out = distill_student(model, student, data["train"], data["validation"], run_dir / "distill",
-                              train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len, seed=cfg.seed,
-                              out=run_dir / "distilled", tokenizer=tokenizer)
+        # checkpoint paths, not the teacher in memory: the models are created after the DeepSpeed config is
+        # registered, partitioned under ZeRO-3 (`minitron.distill.trainer.create_models`); the student trains on
+        # float32 master weights whatever `dtype` is (with train.bf16 the Trainer computes in bf16, mixed precision
+        # as the papers train, and the teacher is created in bf16); the distilled checkpoint is then saved in `dtype`
+        out = distill_student(teacher_dir, results["prune"]["path"], data["train"], data["validation"],
+                              run_dir / "distill", train=train, loss=loss_spec(cfg.distill), seq_len=cfg.data.seq_len,
+                              seed=cfg.seed, out=run_dir / "distilled", tokenizer=tokenizer)
         if rank() == 0:
             cast_checkpoint(out.path, cfg.dtype)
             _copy_plot(run_dir / "distill" / "loss.png", run_dir / "plots" / "distill_loss.png")

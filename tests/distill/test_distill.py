@@ -275,3 +275,17 @@ def test_distilling_a_depth_pruned_student_pairs_by_its_recorded_layers(tiny_tea
     run(distill_cfg(teacher, cache, student, "distill=kl_is", f"distill.intermediate.pairing={pairing}",
                     "train.max_steps=1", "train.save_steps=0"), run_dir=tmp_path / "run")
     assert seen == [expected]
+
+
+def test_a_soft_capped_model_says_once_that_its_loss_uses_full_logits(capsys):
+    """The chunked loss forms raw h @ W^T logits; Gemma 2/3 soft-cap theirs, so they must take the plain path."""
+    from types import SimpleNamespace
+
+    from minitron.distill.losses import DistillLossSpec
+    from minitron.distill.trainer import DistillLoss
+
+    capped = DistillLoss(None, DistillLossSpec(chunk_size=64), student_config=SimpleNamespace(final_logit_softcapping=30.0))
+    assert not capped.chunked
+    assert capsys.readouterr().out.count("WARNING") == 1
+    plain = DistillLoss(None, DistillLossSpec(chunk_size=64), student_config=SimpleNamespace(final_logit_softcapping=None))
+    assert plain.chunked and "WARNING" not in capsys.readouterr().out

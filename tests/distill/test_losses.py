@@ -176,7 +176,11 @@ SPECS = [
     LogitLossSpec(ce_weight=0.5),
     LogitLossSpec(temperature=2.0, ce_weight=0.3, weight=0.7),
     LogitLossSpec(kind="rkl"),
+    LogitLossSpec(kind="rkl", temperature=2.0, ce_weight=0.4, weight=0.6),
+    LogitLossSpec(kind="rkl", ce_weight=0.5),
     LogitLossSpec(kind="jsd", beta=0.3),
+    LogitLossSpec(kind="jsd", beta=0.7, temperature=1.5, ce_weight=0.2, weight=0.8),
+    LogitLossSpec(kind="jsd", beta=0.5, ce_weight=1.0),
     LogitLossSpec(kind="topk", top_k=5),
     LogitLossSpec(kind="none", ce_weight=1.0),
 ]
@@ -204,6 +208,43 @@ def test_chunked_loss_equals_the_plain_loss_in_value_and_gradients(spec, precomp
     assert metrics.keys() == plain_metrics.keys()
     for k in metrics:
         assert metrics[k] == pytest.approx(plain_metrics[k], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["kl", "rkl", "jsd"])
+def test_chunked_gradients_are_closed_form_for_kl_rkl_and_jsd(kind, monkeypatch):
+    """No autograd on the chunks: the per-token loss of `losses` is never called while gradients are formed."""
+    import minitron.distill.chunked as chunked
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the chunked loss fell back to autograd on the chunk")
+
+    monkeypatch.setattr(chunked, "token_losses", refuse)
+    g = torch.Generator().manual_seed(8)
+    h_s = torch.randn(20, 6, generator=g).requires_grad_()
+    w_s = torch.randn(40, 6, generator=g).requires_grad_()
+    h_t, w_t = torch.randn(20, 6, generator=g), torch.randn(40, 6, generator=g)
+    labels = torch.randint(0, 40, (20,), generator=g)
+    loss, metrics = chunked_logit_loss(h_s, w_s, h_t, w_t, labels, LogitLossSpec(kind=kind, ce_weight=0.5), chunk_size=8)
+    loss.backward()
+    assert torch.isfinite(w_s.grad).all() and set(metrics) == {"ce", "kl"}
+
+
+def test_chunked_rkl_and_jsd_stay_finite_where_probabilities_underflow():
+    """Logit gaps of hundreds make exp underflow to 0 in float32; the closed forms must not give 0 * inf."""
+    s = torch.tensor([[0.0, -300.0, 5.0], [200.0, 0.0, -200.0]])
+    t = torch.tensor([[-300.0, 0.0, 1.0], [0.0, 250.0, 0.0]])
+    labels = torch.tensor([2, 0])
+    eye = torch.eye(3)
+    for spec in (LogitLossSpec(kind="rkl"), LogitLossSpec(kind="jsd", beta=0.4)):
+        h_s = s.clone().requires_grad_()
+        plain, _ = logit_loss(h_s, t, labels, spec)
+        (gp,) = torch.autograd.grad(plain, [h_s])
+        h_c = s.clone().requires_grad_()
+        chunked, _ = chunked_logit_loss(h_c, eye, t, eye, labels, spec, chunk_size=1)
+        (gc,) = torch.autograd.grad(chunked, [h_c])
+        assert torch.isfinite(chunked) and torch.isfinite(gc).all(), spec.kind
+        torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(gc, gp, rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_loss_never_builds_full_logits():

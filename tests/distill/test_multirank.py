@@ -57,7 +57,7 @@ def models(tiny_teacher, tmp_path_factory):
     return teacher, cache, student
 
 
-@pytest.mark.parametrize("stage", ["zero3", "zero2"])  # zero3: sharded teacher, full logits; zero2: chunked loss
+@pytest.mark.parametrize("stage", ["zero3", "zero2"])  # zero3: partitioned models, the chunked loss in the output layer
 def test_two_ranks_match_one_rank_at_the_same_global_batch(models, tmp_path, stage):
     teacher, cache, student = models
     steps = ["train.max_steps=4", "train.save_steps=0", f"deepspeed={stage}"]
