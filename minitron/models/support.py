@@ -3,6 +3,8 @@ compares with this rendering)."""
 
 from __future__ import annotations
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
 from minitron.models.adapter import FamilyAdapter
 from minitron.models.families import FAMILIES
 
@@ -14,8 +16,6 @@ def _overrides(cls: type[FamilyAdapter], method: str) -> bool:
 
 
 def _cells(cls: type[FamilyAdapter]) -> list[str]:
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     types = ", ".join(f"`{t}` ({MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[t]})" for t in cls.model_types)
     hidden = [f"{len(cls.layer_norm_names)} norms per layer" + (" with bias" if cls.norm_has_bias else "")]
     if cls.layer_norm_names and not any(n.startswith(("input", "pre_")) for n in cls.layer_norm_names):

@@ -30,7 +30,7 @@ from minitron.importance import SCORES_FILE, Importance, score_model
 from minitron.importance.plots import plot_importance
 from minitron.io import write_json, write_text
 from minitron.prune import prune as prune_model
-from minitron.prune.dry_run import config_from_arch, dry_run
+from minitron.prune.dry_run import config_from_arch, dry_run, layer_lines
 from minitron.prune.target import Target
 from minitron.real_models import is_named, materialise
 from minitron.ranks import rank, world_size
@@ -104,8 +104,6 @@ def plan(cfg: DictConfig) -> dict[str, Any]:
 
 
 def format_plan(p: dict[str, Any]) -> str:
-    from minitron.prune.dry_run import layer_lines
-
     src, new = p["source_shape"], p["pruned_shape"]
     width = max(map(len, src))
     lines = [f"pipeline plan: {p['teacher']} -> target {p['target']}", "",

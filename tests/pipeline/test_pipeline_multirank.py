@@ -1,6 +1,6 @@
 """Slow: `torchrun --nproc_per_node 2 -m minitron pipeline` on CPU runs every stage, on cached packed data and on a
-stream. The packed data (or the stream's cached validation split) is built once, by rank 0, into an empty cache
-while rank 1 waits for it; training stages run on both ranks, the others on rank 0."""
+stream. The packed data (or the stream's cached validation split) is built once, under the cache entry's lock,
+into an empty cache while the other rank waits for it; training stages run on both ranks, the others on rank 0."""
 
 from __future__ import annotations
 
@@ -61,7 +61,8 @@ def test_two_rank_pipeline_runs_every_stage(teacher, tmp_path, streamed):
     assert distill["tokens"] == 4 * 2 * 2 * 64  # steps x batch x 2 ranks x seq_len
     report = (run / "report.md").read_text()
     assert all(f"| {name} |" in report for name in ("teacher", "pruned", "distilled", "scratch"))
-    # one packed cache entry, complete, and no temporary folder of a second builder left beside it
-    entries = list((cache / "packed").iterdir())
-    assert len(entries) == 1 and not entries[0].name.startswith(".")
+    # one packed cache entry, complete, its lock file, and no temporary folder of a second builder left beside it
+    entries = sorted((cache / "packed").iterdir())
+    assert [p.name for p in entries] == [f".{entries[1].name}.lock", entries[1].name]
+    entries = entries[1:]
     assert (entries[0] / ("dataset_info.json" if streamed else "dataset_dict.json")).is_file()
