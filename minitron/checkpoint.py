@@ -57,14 +57,15 @@ def _looks_like_path(text: str) -> bool:
 def hub_snapshot(repo_id: str, field: str, hint: str, *, weights: bool = True) -> Path:
     """The local snapshot folder of hub model `repo_id` (`ORG/NAME[@REVISION]`): fetched once into the hub cache
     (HF_HOME) and read from there afterwards; with HF_HUB_OFFLINE=1 only the cache is read. Safetensors, config and
-    tokenizer files only (`HUB_PATTERNS`); without `weights`, the JSON files alone (a dry run reads no weights)."""
+    tokenizer files only (`HUB_PATTERNS`); without `weights`, all but the safetensors (a dry run or a tokenizer
+    reads no weights)."""
     name, _, revision = repo_id.partition("@")
     try:
         validate_repo_id(name)
     except HFValidationError:
         raise MinitronError(f"{field}={repo_id} is neither a folder nor a hub id (ORG/NAME); {hint}") from None
     try:
-        patterns = list(HUB_PATTERNS) if weights else ["*.json"]
+        patterns = [p for p in HUB_PATTERNS if weights or p != "*.safetensors"]
         folder = snapshot_download(name, revision=revision or None, allow_patterns=patterns)
     except Exception as e:  # hub, network and cache errors come in many types; all mean "not available here"
         raise MinitronError(
@@ -78,7 +79,7 @@ def checkpoint_folder(
     value: Any, field: str, hint: str = "pass a folder written by save_pretrained or a hub id", *, weights: bool = True
 ) -> Path:
     """`value` as a local checkpoint folder: a folder as given, or a hub id (`ORG/NAME[@REVISION]`) resolved to its
-    snapshot in the hub cache (`hub_snapshot`; its config files only without `weights`); a one-line error naming
+    snapshot in the hub cache (`hub_snapshot`; no weight files without `weights`); a one-line error naming
     `field` when there is no config.json."""
     text = str(value)
     path = Path(text).expanduser()
