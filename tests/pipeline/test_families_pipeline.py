@@ -51,15 +51,22 @@ def shared(tmp_path_factory):
     return root, cache, tokenizer
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
-def test_pipeline_runs_with_a_tiny_teacher_of_the_family(shared, family):
-    root, cache, tokenizer = shared
+def _teacher(shared, family: str):
+    """A tiny random teacher of `family` with the shared tokenizer, saved under the family's folder."""
+    root, _, tokenizer = shared
     ids = {t: tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{t}_token")) for t in ("pad", "bos", "eos")}
     teacher = tiny_model(family, seed=0, vocab_size=len(tokenizer), **{f"{t}_token_id": i for t, i in ids.items()})
     teacher_dir = root / family / "teacher"
     teacher.save_pretrained(teacher_dir)
     tokenizer.save_pretrained(teacher_dir)
+    return teacher, teacher_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pipeline_runs_with_a_tiny_teacher_of_the_family(shared, family):
+    root, cache, _ = shared
+    teacher, teacher_dir = _teacher(shared, family)
 
     result = run(compose("pipeline", PIPELINE + [cache, f"teacher={teacher_dir}"]), run_dir=root / family / "run")
 
@@ -85,12 +92,8 @@ EXPERT_SIZE = {"mixtral": "intermediate_size", "qwen3_moe": "moe_intermediate_si
 @pytest.mark.slow
 @pytest.mark.parametrize("family", EXPERT_SIZE)
 def test_pipeline_runs_with_a_tiny_moe_teacher(shared, family):
-    root, cache, tokenizer = shared
-    ids = {t: tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{t}_token")) for t in ("pad", "bos", "eos")}
-    teacher = tiny_model(family, seed=0, vocab_size=len(tokenizer), **{f"{t}_token_id": i for t, i in ids.items()})
-    teacher_dir = root / family / "teacher"
-    teacher.save_pretrained(teacher_dir)
-    tokenizer.save_pretrained(teacher_dir)
+    root, cache, _ = shared
+    teacher, teacher_dir = _teacher(shared, family)
     size = EXPERT_SIZE[family]
     # the default target's dense MLP size is no key of Qwen3-MoE's: cleared, then the family's own key is set
     overrides = [o for o in PIPELINE if not o.startswith("target.intermediate_size=")]
