@@ -43,23 +43,6 @@ def family(request):
     return request.param
 
 
-@pytest.fixture(scope="module")
-def model(family):
-    return tiny_model(family, seed=1, num_hidden_layers=LAYERS)
-
-
-@pytest.fixture(scope="module")
-def scores(model):
-    return random_scores(model.config, seed=3)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("source")
-    model.save_pretrained(folder)
-    return folder
-
-
 def logits(m, ids=IDS):
     with torch.no_grad():
         return m(ids).logits

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from minitron.errors import MinitronError
 from minitron.importance import Importance, estimate, estimate_streaming
-from minitron.importance.baselines import random_scores, weight_magnitude
+from minitron.importance.baselines import weight_magnitude
 from minitron.models import get_adapter
 from minitron.models.tiny import tiny_config, tiny_model
 from minitron.prune import dry_run, make_plan, prune, prune_checkpoint_streaming, save_checkpoint
@@ -38,23 +38,6 @@ def targets(family):
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
     return request.param
-
-
-@pytest.fixture(scope="module")
-def model(family):
-    return tiny_model(family, seed=1, num_hidden_layers=LAYERS)
-
-
-@pytest.fixture(scope="module")
-def scores(model):
-    return random_scores(model.config, seed=3)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("source")
-    model.save_pretrained(folder)
-    return folder
 
 
 def logits(m, ids=IDS):
