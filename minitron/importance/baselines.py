@@ -69,6 +69,9 @@ def weight_magnitude(model: PreTrainedModel) -> Importance:
     }
     if a.moe:
         scores["experts"] = torch.stack([_axis_norms(state, a.axis_tensors("experts", i), a.num_experts) for i in range(n)])
+    if a.hybrid:
+        for axis, size in (("mamba_heads", a.mamba_num_heads), ("mamba_groups", a.n_groups)):
+            scores[axis] = torch.stack([_axis_norms(state, a.axis_tensors(axis, i), size) for i in range(n)])
     return _importance(model.config, scores, "magnitude")
 
 
@@ -86,4 +89,7 @@ def random_scores(config: PretrainedConfig, seed: int) -> Importance:
     }
     if a.moe:  # drawn after the dense axes, so a dense model's draws are unchanged
         scores["experts"] = torch.rand(n, a.num_experts, generator=g)
+    if a.hybrid:
+        scores["mamba_heads"] = torch.rand(n, a.mamba_num_heads, generator=g)
+        scores["mamba_groups"] = torch.rand(n, a.n_groups, generator=g)
     return _importance(config, scores, "random")

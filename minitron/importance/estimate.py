@@ -9,6 +9,14 @@ Width scores (see `aggregate` for the statistics) are read by hooks on the modul
 - `mlp`: the input of `down_proj` (after the activation and the gate), or with `mlp_site="pre"` the output of
   `up_proj` (the paper's X W1^T; the up block of a fused `gate_up_proj`).
 
+Mamba-2 blocks of a hybrid (Nemotron-H):
+
+- `mamba_heads`: the input of `out_proj` (the SSM output after the gated group norm), per channel, then the L2
+  norm over each head's `mamba_head_dim` channels: the attention-head statistic on the Mamba mixer's output
+  projection, as the group-aware SSM pruning of Taghibakhshi et al. 2025 (arXiv 2504.11409) scores Mamba heads
+  from the activations entering the output projection; `mamba_groups`: the L2 norm of the scores of the heads of
+  each group. A hybrid's blocks of another type score 0 on an axis they do not have.
+
 Mixture-of-experts layers (`ExpertTally`, a hook on the experts module that recomputes each expert on the
 tokens routed to it, in float32):
 
@@ -217,6 +225,7 @@ class ScoreCollector:
         self.norm_scores = [[new() for _ in adapter.hidden_sites(i)] for i in range(n)]
         self.head_scores = [new() for _ in range(n)]
         self.mlp_scores = [new() for _ in range(n)]
+        self.mamba_scores = [new() for _ in range(n)] if adapter.hybrid else []
         self.expert_tallies = [ExpertTally(mlp_site) for _ in range(n)] if adapter.moe else []
         self.bi_sums: list[Tensor | None] = [None] * n
         self.bi_tokens = [0] * n
@@ -239,20 +248,14 @@ class ScoreCollector:
                         handles.append(module.register_forward_hook(partial(self._on_output, score)))
                     else:
                         handles.append(module.register_forward_pre_hook(partial(self._on_input, score)))
-                o_proj = a.module(model, a.o_proj(i))
-                handles.append(o_proj.register_forward_pre_hook(partial(self._on_input, self.head_scores[i])))
-                if a.moe:
-                    experts = a.module(model, a.experts(i))
-                    on_experts = partial(self._on_experts, self.expert_tallies[i])
-                    handles.append(experts.register_forward_hook(on_experts, with_kwargs=True))
-                elif self.mlp_site == "post":
-                    down = a.module(model, a.down_proj(i))
-                    handles.append(down.register_forward_pre_hook(partial(self._on_input, self.mlp_scores[i])))
-                else:
-                    rows = a.up_rows(i)  # a fused gate_up projection holds the up rows as one block
-                    up = a.module(model, rows.path)
-                    on_up = partial(self._on_output, self.mlp_scores[i], block=(rows.offset, rows.length))
-                    handles.append(up.register_forward_hook(on_up))
+                if a.has_axis("heads", i):
+                    o_proj = a.module(model, a.o_proj(i))
+                    handles.append(o_proj.register_forward_pre_hook(partial(self._on_input, self.head_scores[i])))
+                if a.has_axis("mamba_heads", i):
+                    out_proj = a.module(model, a.out_proj(i))
+                    handles.append(out_proj.register_forward_pre_hook(partial(self._on_input, self.mamba_scores[i])))
+                if a.has_axis("mlp", i):
+                    handles.append(self._mlp_hook(model, i))
                 if self.block_importance or self.keep_layer_inputs:
                     layer = a.module(model, a.layer(i))
                     handles.append(layer.register_forward_hook(partial(self._on_layer, i), with_kwargs=True))
@@ -262,6 +265,18 @@ class ScoreCollector:
                 h.remove()
             self.layer_inputs.clear()
             self.last_output = None
+
+    def _mlp_hook(self, model: nn.Module, i: int):
+        """The hook that scores layer i's MLP neurons (its experts' in an MoE family)."""
+        a = self.adapter
+        if a.moe:
+            on_experts = partial(self._on_experts, self.expert_tallies[i])
+            return a.module(model, a.experts(i)).register_forward_hook(on_experts, with_kwargs=True)
+        if self.mlp_site == "post":
+            return a.module(model, a.down_proj(i)).register_forward_pre_hook(partial(self._on_input, self.mlp_scores[i]))
+        rows = a.up_rows(i)  # a fused gate_up projection holds the up rows as one block
+        on_up = partial(self._on_output, self.mlp_scores[i], block=(rows.offset, rows.length))
+        return a.module(model, rows.path).register_forward_hook(on_up)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -311,21 +326,33 @@ class ScoreCollector:
         """Width scores and Block Importance, float32 on the CPU."""
         a = self.adapter
         hidden = sum(score.value() for per_layer in self.norm_scores for score in per_layer)
-        heads = torch.stack(
-            [torch.linalg.vector_norm(s.value().view(a.num_attention_heads, a.head_dim), dim=-1) for s in self.head_scores]
-        )
-        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_attention_heads)], device=heads.device)
-        kv_groups = torch.zeros(a.num_hidden_layers, a.num_key_value_heads, device=heads.device)
+        device = hidden.device
+        # a block without an axis (a hybrid's) scores 0 on it
+        per_layer = lambda axis, scores, size: torch.stack(
+            [s.value() if a.has_axis(axis, i) else torch.zeros(size, device=device) for i, s in enumerate(scores)])
+        heads = torch.linalg.vector_norm(
+            per_layer("heads", self.head_scores, a.num_attention_heads * a.head_dim)
+            .view(a.num_hidden_layers, a.num_attention_heads, a.head_dim), dim=-1)
+        group = torch.tensor([a.kv_group_of_head(h) for h in range(a.num_attention_heads)], device=device)
+        kv_groups = torch.zeros(a.num_hidden_layers, a.num_key_value_heads, device=device)
         kv_groups = kv_groups.index_add_(1, group, heads.square()).sqrt()
         experts = None
         if a.moe:
             experts, mlp = (torch.stack(t) for t in zip(*(tally.value() for tally in self.expert_tallies)))
         else:
-            mlp = torch.stack([s.value() for s in self.mlp_scores])
+            mlp = per_layer("mlp", self.mlp_scores, a.intermediate_size)
+        mamba = {}
+        if a.hybrid:  # a Mamba head: the L2 norm of its channels' scores; a group: of its heads' (as KV groups)
+            channels = per_layer("mamba_heads", self.mamba_scores, a.mamba_num_heads * a.mamba_head_dim)
+            mamba_heads = torch.linalg.vector_norm(channels.view(a.num_hidden_layers, a.mamba_num_heads, -1), dim=-1)
+            member = torch.tensor([a.mamba_group_of_head(h) for h in range(a.mamba_num_heads)], device=device)
+            mamba_groups = torch.zeros(a.num_hidden_layers, a.n_groups, device=device)
+            mamba = {"mamba_heads": mamba_heads,
+                     "mamba_groups": mamba_groups.index_add_(1, member, mamba_heads.square()).sqrt()}
         layers = None
         if self.block_importance:
             layers = torch.stack([s / n for s, n in zip(self.bi_sums, self.bi_tokens)])
-        out = dict(hidden=hidden, heads=heads, mlp=mlp, kv_groups=kv_groups, layers=layers, experts=experts)
+        out = dict(hidden=hidden, heads=heads, mlp=mlp, kv_groups=kv_groups, layers=layers, experts=experts, **mamba)
         return {k: None if v is None else v.detach().float().cpu() for k, v in out.items()}
 
 

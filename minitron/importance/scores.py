@@ -1,6 +1,7 @@
 """The scores of one importance run, and their file: one safetensors file, tensors plus JSON metadata.
 
-Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, `experts` (MoE families only), the depth scores that were computed
+Tensor names are the axes: `hidden`, `heads`, `mlp`, `kv_groups`, `experts` (MoE families only), `mamba_heads` and
+`mamba_groups` (hybrids with Mamba blocks only), the depth scores that were computed
 (`layers`, `layers_loss`) and the block scores (`blocks_loss`, `blocks_bi`, for blocks of `block_layers` layers).
 Every metadata value is a JSON string; files without block scores read as before.
 """
@@ -28,6 +29,7 @@ FILE_KIND = "minitron-importance"
 FILE_VERSION = 1
 WIDTH_AXES: tuple[str, ...] = ("hidden", "heads", "mlp", "kv_groups")
 EXPERT_AXIS = "experts"  # present only for mixture-of-experts models
+MAMBA_AXES: tuple[str, ...] = ("mamba_heads", "mamba_groups")  # present only for hybrids with Mamba blocks
 DEPTH_AXES: dict[str, str] = {"bi": "layers", "loss": "layers_loss"}  # `depth` option -> tensor name
 BLOCK_AXES: dict[str, str] = {"loss": "blocks_loss", "bi": "blocks_bi"}  # `blocks` option -> tensor name
 _VOLATILE_CONFIG_FIELDS = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", "architectures")
@@ -51,6 +53,9 @@ class Importance:
                 for an MoE model (each expert's own neurons)
     experts     [num_hidden_layers, num_experts] for an MoE model, else None
     kv_groups   [num_hidden_layers, num_key_value_heads]
+    mamba_heads [num_hidden_layers, mamba_num_heads] for a hybrid, else None (rows of non-Mamba blocks are 0)
+    mamba_groups [num_hidden_layers, n_groups] for a hybrid, else None
+                In a hybrid, the rows of `heads`, `kv_groups` and `mlp` of blocks without that axis are 0 too.
     layers      [num_hidden_layers]  Block Importance, 1 - mean cos(layer input, layer output)
     layers_loss [num_hidden_layers]  LM loss with that one layer skipped
     blocks_loss [num_hidden_layers - block_layers + 1]  LM loss with layers s .. s + block_layers - 1 skipped
@@ -75,6 +80,8 @@ class Importance:
     blocks_bi: Tensor | None = None
     block_layers: int | None = None
     experts: Tensor | None = None
+    mamba_heads: Tensor | None = None
+    mamba_groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         num_layers = self.heads.shape[0]
@@ -97,7 +104,7 @@ class Importance:
 
     def tensors(self) -> dict[str, Tensor]:
         """The scores that are present, by name."""
-        names = (*WIDTH_AXES, EXPERT_AXIS, *DEPTH_AXES.values(), *BLOCK_AXES.values())
+        names = (*WIDTH_AXES, EXPERT_AXIS, *MAMBA_AXES, *DEPTH_AXES.values(), *BLOCK_AXES.values())
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def block_scores(self, metric: str) -> Tensor | None:
@@ -115,6 +122,7 @@ class Importance:
             "blocks": [opt for opt, name in BLOCK_AXES.items() if getattr(self, name) is not None],
             "block_layers": self.block_layers,
             "experts": self.experts is not None,
+            "mamba": self.mamba_heads is not None,
             "num_samples": self.num_samples,
             "num_tokens": self.num_tokens,
             "seq_len": self.seq_len,
@@ -150,6 +158,7 @@ class Importance:
         expected = set(WIDTH_AXES) | {DEPTH_AXES[d] for d in meta.get("depth", [])}
         expected |= {BLOCK_AXES[b] for b in meta.get("blocks", [])}
         expected |= {EXPERT_AXIS} if meta.get("experts") else set()
+        expected |= set(MAMBA_AXES) if meta.get("mamba") else set()
         if set(tensors) != expected:
             raise MinitronError(
                 f"{path} holds tensors {sorted(tensors)}, expected {sorted(expected)} (metadata depth={meta.get('depth')})"
@@ -162,6 +171,7 @@ class Importance:
             **{name: tensors.get(name) for name in BLOCK_AXES.values()},
             block_layers=meta.get("block_layers"),
             experts=tensors.get(EXPERT_AXIS),
+            **{name: tensors.get(name) for name in MAMBA_AXES},
         )
 
     def check_model(self, config: PretrainedConfig) -> None:
@@ -177,6 +187,13 @@ class Importance:
             "layers": (a.num_hidden_layers,),
             "layers_loss": (a.num_hidden_layers,),
         }
+        if a.hybrid:
+            expected.update(mamba_heads=(a.num_hidden_layers, a.mamba_num_heads), mamba_groups=(a.num_hidden_layers, a.n_groups))
+            if self.mamba_heads is None or self.mamba_groups is None:
+                raise MinitronError(
+                    f"the scores file has no Mamba head scores but this {a.family} model has Mamba blocks; "
+                    "re-run `minitron score` on it"
+                )
         if self.block_layers is not None:
             for name in BLOCK_AXES.values():
                 expected[name] = (a.num_hidden_layers - self.block_layers + 1,)

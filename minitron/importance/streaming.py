@@ -108,10 +108,14 @@ class _Probe(nn.Module):
     """Stands in for a decoder layer in the skeleton: passes the hidden states through unchanged, or, if it is
     the layer asked for, stops the forward pass and hands back its arguments."""
 
-    def __init__(self, index: int, wanted: list[int]):
+    def __init__(self, index: int, wanted: list[int], layer: nn.Module):
         super().__init__()
         self.index = index
         self.wanted = wanted
+        # What the decoder's loop reads off a layer besides calling it (Nemotron-H picks each block's mask by type).
+        for attr in ("block_type",):
+            if hasattr(layer, attr):
+                setattr(self, attr, getattr(layer, attr))
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self.index == self.wanted[0]:
@@ -139,9 +143,10 @@ class _Streamer:
         self.final_norm = self.model.get_submodule(a.final_norm)
         self.lm_head = self.model.get_submodule(a.lm_head)
         # The rotary module's buffers are computed from the config, never stored: rebuild it for real.
-        rotary = self.model.get_submodule(a.rotary_emb)
-        parent, _, name = a.rotary_emb.rpartition(".")
-        setattr(self.model.get_submodule(parent), name, type(rotary)(config=self.config).to(device))
+        if a.rotary_emb is not None:  # None: no positional embedding module (Nemotron-H)
+            rotary = self.model.get_submodule(a.rotary_emb)
+            parent, _, name = a.rotary_emb.rpartition(".")
+            setattr(self.model.get_submodule(parent), name, type(rotary)(config=self.config).to(device))
         self.collector = ScoreCollector(a, **collector_options)
         self.layers = list(a.layers(self.model))
         self.stats = StreamingStats()
@@ -153,7 +158,7 @@ class _Streamer:
         slots = self.adapter.layers(self.model)
         self._wanted = [-1]
         for j in range(len(slots)):
-            slots[j] = _Probe(j, self._wanted)
+            slots[j] = _Probe(j, self._wanted, self.layers[j])
         try:
             yield
         finally:

@@ -24,8 +24,11 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from minitron.errors import MinitronError
 
-Axis = Literal["hidden", "heads", "kv_groups", "mlp", "experts", "layers"]
-AXES: tuple[str, ...] = ("hidden", "heads", "kv_groups", "mlp", "experts", "layers")
+Axis = Literal["hidden", "heads", "kv_groups", "mlp", "experts", "mamba_heads", "mamba_groups", "layers"]
+AXES: tuple[str, ...] = ("hidden", "heads", "kv_groups", "mlp", "experts", "mamba_heads", "mamba_groups", "layers")
+# The axes a decoder layer may have; a homogeneous family has the first three in every layer (a hybrid's layer has
+# the axes of its block type only, see `FamilyAdapter.has_axis`).
+LAYER_AXES: tuple[str, ...] = ("heads", "kv_groups", "mlp", "experts", "mamba_heads", "mamba_groups")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class FamilyAdapter:
     embed = "model.embed_tokens"
     final_norm = "model.norm"
     lm_head = "lm_head"
-    rotary_emb = "model.rotary_emb"  # the shared rotary module (non-persistent buffers, not in checkpoints)
+    rotary_emb: str | None = "model.rotary_emb"  # the shared rotary module (non-persistent buffers, not in checkpoints)
     # Every per-layer norm over the hidden size (all are sliced by hidden pruning).
     layer_norm_names: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     # The norms whose outputs feed attention and the MLP, where hidden channels are scored; None: all of the above.
@@ -91,6 +94,8 @@ class FamilyAdapter:
     moe: bool = False
     # The config field that holds the neurons of one MLP (of one expert in an MoE family).
     mlp_size_field: str = "intermediate_size"
+    # A hybrid stacks blocks of several types (see HybridAdapter); every layer of the others has the same tensors.
+    hybrid: bool = False
 
     def __init__(self, config: PretrainedConfig):
         self.config = config
@@ -165,6 +170,13 @@ class FamilyAdapter:
     @property
     def mlp_bias(self) -> bool:
         return bool(getattr(self.config, "mlp_bias", False))
+
+    def has_axis(self, axis: str, i: int) -> bool:
+        """Whether decoder layer i has prunable units on `axis` (every layer of a homogeneous family has heads, KV
+        groups and MLP neurons, and experts in an MoE family)."""
+        if axis in ("heads", "kv_groups", "mlp"):
+            return True
+        return axis == "experts" and self.moe
 
     def kv_group_of_head(self, head: int) -> int:
         """Query head `head` reads the K/V head of this group (transformers' `repeat_kv` layout)."""
@@ -461,8 +473,9 @@ class FamilyAdapter:
         """The exact parameter count of this config (a tied `lm_head` counted once), without building a model."""
         numel = lambda shapes: sum(_prod(s) for s in shapes.values())
         before, after = self._outside_shapes()
-        # Every layer of a supported family has the same tensors (pruning keeps one size per axis).
-        return numel(before) + numel(after) + self.num_hidden_layers * numel(self.layer_tensor_shapes(0))
+        if not self.hybrid:  # every layer has the same tensors (pruning keeps one size per axis)
+            return numel(before) + numel(after) + self.num_hidden_layers * numel(self.layer_tensor_shapes(0))
+        return numel(before) + numel(after) + sum(numel(self.layer_tensor_shapes(i)) for i in range(self.num_hidden_layers))
 
     def _check_layer(self, i: int) -> None:
         if not 0 <= i < self.num_hidden_layers:
@@ -594,6 +607,232 @@ class MoEAdapter(FamilyAdapter):
     def _mlp_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         h, ffn, n, e = self.hidden_size, self.intermediate_size, self.num_experts, self.experts(i)
         return {f"{self.router(i)}.weight": (n, h), f"{e}.gate_up_proj": (n, 2 * ffn, h), f"{e}.down_proj": (n, h, ffn)}
+
+
+class HybridAdapter(FamilyAdapter):
+    """A stack of blocks of several types, each a pre-norm and one mixer (Nemotron-H's layout): a Mamba-2 mixer, an
+    attention mixer or an MLP, chosen per layer by the config's per-layer type list. An axis lives only in the
+    blocks that have it: heads and KV groups in attention blocks, neurons in MLP blocks, Mamba heads and groups in
+    Mamba blocks; the hidden size spans them all.
+
+    A Mamba-2 mixer (Dao & Gu 2024, arXiv 2405.21060) with `nh` heads of `hd` channels in `G` groups of state size
+    `N` (I = nh * hd) holds, per head, `hd` rows of each of the z (gate) and x blocks of `in_proj`, one row of its dt
+    block, `hd` channels of `conv1d` (the x channels come first), of the gated norm and of `out_proj`'s input, and one
+    entry of `dt_bias`, `A_log` and `D`; per group, `N` rows of each of the B and C blocks of `in_proj` and `conv1d`.
+    `in_proj` rows are [z (I) | x (I) | B (G N) | C (G N) | dt (nh)]. Head h reads the B and C of group
+    h // (nh / G), and the gated norm normalises each group's I / G channels on their own, so keeping the same
+    number of heads in every group (group-aware pruning, Taghibakhshi et al. 2025, "Efficient Hybrid Language
+    Model Compression through Group-Aware SSM Pruning", arXiv 2504.11409) keeps every kept head with its own group's
+    B, C and norm group."""
+
+    hybrid = True
+    layer_norm_names = ("norm",)
+    types_field = "layers_block_type"
+    # block type -> the kind of mixer it holds ("mamba", "attention" or "mlp")
+    block_kinds: dict[str, str] = {}
+    mixer = "mixer"
+
+    # ---- blocks ------------------------------------------------------------------------------------
+    @property
+    def block_types(self) -> list[str]:
+        return list(self._sizes.get(self.types_field) or getattr(self.config, self.types_field))
+
+    def block_type(self, i: int) -> str:
+        self._check_layer(i)
+        return self.block_types[i]
+
+    def kind(self, i: int) -> str:
+        return self.block_kinds[self.block_type(i)]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return len(self.block_types)
+
+    def has_axis(self, axis: str, i: int) -> bool:
+        kind = self.kind(i)
+        return {"heads": "attention", "kv_groups": "attention", "mlp": "mlp",
+                "mamba_heads": "mamba", "mamba_groups": "mamba"}.get(axis) == kind
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = sorted(set(self.block_types) - set(self.block_kinds))
+        if unknown:
+            raise MinitronError(
+                f"{self.family} block type '{unknown[0]}' is not supported (supported: {', '.join(self.block_kinds)}); "
+                f"use a model whose {self.types_field} holds only those"
+            )
+        if self.mamba_num_heads % self.n_groups:
+            raise MinitronError(
+                f"mamba_num_heads={self.mamba_num_heads} is not a multiple of n_groups={self.n_groups}: every Mamba "
+                "group must hold the same number of heads"
+            )
+
+    # ---- Mamba shapes ------------------------------------------------------------------------------
+    @property
+    def mamba_num_heads(self) -> int:
+        return self._field("mamba_num_heads")
+
+    @property
+    def n_groups(self) -> int:
+        return self._field("n_groups")
+
+    @property
+    def mamba_head_dim(self) -> int:
+        return self.config.mamba_head_dim
+
+    @property
+    def ssm_state_size(self) -> int:
+        return self.config.ssm_state_size
+
+    @property
+    def mamba_heads_per_group(self) -> int:
+        return self.mamba_num_heads // self.n_groups
+
+    def mamba_group_of_head(self, head: int) -> int:
+        return head // self.mamba_heads_per_group
+
+    @property
+    def mamba_bias(self) -> bool:
+        return bool(self.config.use_bias)
+
+    @property
+    def conv_bias(self) -> bool:
+        return bool(self.config.use_conv_bias)
+
+    # ---- module paths ------------------------------------------------------------------------------
+    def _mixer(self, i: int, name: str) -> str:
+        return f"{self.layer(i)}.{self.mixer}.{name}"
+
+    def q_proj(self, i: int) -> str:
+        return self._mixer(i, "q_proj")
+
+    def k_proj(self, i: int) -> str:
+        return self._mixer(i, "k_proj")
+
+    def v_proj(self, i: int) -> str:
+        return self._mixer(i, "v_proj")
+
+    def o_proj(self, i: int) -> str:
+        return self._mixer(i, "o_proj")
+
+    def up_proj(self, i: int) -> str:
+        return self._mixer(i, "up_proj")
+
+    def gate_proj(self, i: int) -> str | None:
+        return self._mixer(i, "gate_proj") if self.gated_mlp else None
+
+    def down_proj(self, i: int) -> str:
+        return self._mixer(i, "down_proj")
+
+    def in_proj(self, i: int) -> str:
+        return self._mixer(i, "in_proj")
+
+    def out_proj(self, i: int) -> str:
+        return self._mixer(i, "out_proj")
+
+    # ---- axis maps ---------------------------------------------------------------------------------
+    def axis_tensors(self, axis: Axis, layer: int | None = None) -> list[TensorSlice]:
+        if axis == "hidden":
+            if layer is not None:
+                raise ValueError("the hidden axis spans every layer; call axis_tensors('hidden') without a layer")
+            out = [TensorSlice(f"{self.embed}.weight", 1)]
+            for i in range(self.num_hidden_layers):
+                for n in self.norms(i):
+                    out += self._norm(n)
+                kind = self.kind(i)
+                if kind == "attention":
+                    out += [TensorSlice(f"{p}.weight", 1) for p in self.attention_in(i)]
+                    out += self._linear(self.o_proj(i), 0, 1, self.o_bias)
+                elif kind == "mlp":
+                    out += self._mlp_hidden_tensors(i)
+                else:
+                    out.append(TensorSlice(f"{self.in_proj(i)}.weight", 1))
+                    out += self._linear(self.out_proj(i), 0, 1, self.mamba_bias)
+            out += self._norm(self.final_norm)
+            if not self.tied_embeddings:
+                out.append(TensorSlice(f"{self.lm_head}.weight", 1))
+            return out
+        if layer is None:
+            raise ValueError(f"axis '{axis}' is per layer; pass layer=i")
+        if axis in LAYER_AXES and not self.has_axis(axis, layer):
+            return []  # a block of another type: nothing of this axis to slice
+        if axis == "mamba_heads":
+            return self._mamba_head_tensors(layer, 1)
+        if axis == "mamba_groups":
+            n, size = self.ssm_state_size, self.n_groups * self.ssm_state_size
+            inner = self.mamba_num_heads * self.mamba_head_dim
+            out = self._rows(Rows(self.in_proj(layer), 2 * inner, size), n, self.mamba_bias)  # B
+            out += self._rows(Rows(self.in_proj(layer), 2 * inner + size, size), n, self.mamba_bias)  # C
+            conv = self._mixer(layer, "conv1d")
+            for offset in (inner, inner + size):
+                out.append(TensorSlice(f"{conv}.weight", 0, n, offset, size))
+                if self.conv_bias:
+                    out.append(TensorSlice(f"{conv}.bias", 0, n, offset, size))
+            return out + self._mamba_head_tensors(layer, self.mamba_heads_per_group)
+        return super().axis_tensors(axis, layer)
+
+    def _mamba_head_tensors(self, i: int, heads: int) -> list[TensorSlice]:
+        """The tensors a Mamba head owns, with `heads` consecutive heads per index (a group's, for groups)."""
+        nh, hd = self.mamba_num_heads, self.mamba_head_dim
+        inner, conv_dim = nh * hd, nh * hd + 2 * self.n_groups * self.ssm_state_size
+        proj, conv = self.in_proj(i), self._mixer(i, "conv1d")
+        out = self._rows(Rows(proj, 0, inner), heads * hd, self.mamba_bias)  # z, the gate
+        out += self._rows(Rows(proj, inner, inner), heads * hd, self.mamba_bias)  # x
+        out += self._rows(Rows(proj, inner + conv_dim, nh), heads, self.mamba_bias)  # dt
+        out.append(TensorSlice(f"{conv}.weight", 0, heads * hd, 0, inner))
+        if self.conv_bias:
+            out.append(TensorSlice(f"{conv}.bias", 0, heads * hd, 0, inner))
+        out += [TensorSlice(self._mixer(i, name), 0, heads) for name in ("dt_bias", "A_log", "D")]
+        out.append(TensorSlice(f"{self._mixer(i, 'norm')}.weight", 0, heads * hd))
+        return out + [TensorSlice(f"{self.out_proj(i)}.weight", 1, heads * hd)]
+
+    # ---- names and shapes --------------------------------------------------------------------------
+    def layer_tensor_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        h = self.hidden_size
+        out: dict[str, tuple[int, ...]] = {}
+        for n in self.norms(i):
+            out.update({t.name: (h,) for t in self._norm(n)})
+        kind = self.kind(i)
+        if kind == "attention":
+            hd = self.head_dim
+            q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+            for path, rows in ((self.q_proj(i), q), (self.k_proj(i), kv), (self.v_proj(i), kv)):
+                out[f"{path}.weight"] = (rows, h)
+                if self.qkv_bias:
+                    out[f"{path}.bias"] = (rows,)
+            out[f"{self.o_proj(i)}.weight"] = (h, q)
+            if self.o_bias:
+                out[f"{self.o_proj(i)}.bias"] = (h,)
+        elif kind == "mlp":
+            out.update(self._mlp_shapes(i))
+        else:
+            nh, inner = self.mamba_num_heads, self.mamba_num_heads * self.mamba_head_dim
+            conv_dim = inner + 2 * self.n_groups * self.ssm_state_size
+            out[f"{self.in_proj(i)}.weight"] = (inner + conv_dim + nh, h)
+            if self.mamba_bias:
+                out[f"{self.in_proj(i)}.bias"] = (inner + conv_dim + nh,)
+            out[f"{self._mixer(i, 'conv1d')}.weight"] = (conv_dim, 1, self.config.conv_kernel)
+            if self.conv_bias:
+                out[f"{self._mixer(i, 'conv1d')}.bias"] = (conv_dim,)
+            for name in ("dt_bias", "A_log", "D"):
+                out[self._mixer(i, name)] = (nh,)
+            out[f"{self._mixer(i, 'norm')}.weight"] = (inner,)
+            out[f"{self.out_proj(i)}.weight"] = (h, inner)
+            if self.mamba_bias:
+                out[f"{self.out_proj(i)}.bias"] = (h,)
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(blocks={''.join(self.block_symbols)}, hidden={self.hidden_size}, "
+            f"ffn={self.intermediate_size}, heads={self.num_attention_heads}, kv_heads={self.num_key_value_heads}, "
+            f"mamba_heads={self.mamba_num_heads}, mamba_groups={self.n_groups})"
+        )
+
+    @property
+    def block_symbols(self) -> list[str]:
+        symbol = {"mamba": "M", "attention": "*", "mlp": "-"}
+        return [symbol[self.block_kinds[t]] for t in self.block_types]
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from minitron.errors import MinitronError
-from minitron.models.adapter import FamilyAdapter, MoEAdapter
+from minitron.models.adapter import FamilyAdapter, HybridAdapter, MoEAdapter
 
 
 class NemotronAdapter(FamilyAdapter):
@@ -188,6 +188,42 @@ class Qwen3MoeAdapter(MoEAdapter):
             )
 
 
+class NemotronHAdapter(HybridAdapter):
+    """`NemotronHForCausalLM`: Nemotron-H (NVIDIA 2025, arXiv 2504.03624) stacks Mamba-2 blocks
+    (`linear_attention`), attention blocks without positional embedding and without biases (`full_attention`) and
+    relu2 MLP blocks without a gate (`mlp`), each behind one RMSNorm, in the order of `layers_block_type` (the
+    `hybrid_override_pattern` "M-M-M-M*-..." of the released configs). Depth pruning drops blocks and their entries
+    of `layers_block_type` together. Mixture-of-experts blocks (`moe`, in later Nemotron models) are not supported."""
+
+    family = "nemotron_h"
+    model_types = ("nemotron_h",)
+    gated_mlp = False
+    embed = "model.embeddings"
+    final_norm = "model.norm_f"
+    rotary_emb = None  # its attention has no positional embedding
+    per_layer_config_fields = ("layers_block_type",)
+    block_kinds = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp"}
+
+    # Checkpoints keep the original release's `backbone.` prefix (transformers renames it to `model.` on load).
+    def stored_shapes(self, name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+        return {self._stored(name): shape}
+
+    def to_stored(self, name: str, tensor: Tensor) -> dict[str, Tensor]:
+        return {self._stored(name): tensor}
+
+    @staticmethod
+    def _stored(name: str) -> str:
+        return "backbone." + name[len("model."):] if name.startswith("model.") else name
+
+    @property
+    def qkv_bias(self) -> bool:
+        return False  # NemotronHAttention builds q/k/v/o without biases whatever `attention_bias` says
+
+    @property
+    def o_bias(self) -> bool:
+        return False
+
+
 FAMILIES: tuple[type[FamilyAdapter], ...] = (
     NemotronAdapter,
     LlamaAdapter,
@@ -200,4 +236,5 @@ FAMILIES: tuple[type[FamilyAdapter], ...] = (
     SmolLM3Adapter,
     MixtralAdapter,
     Qwen3MoeAdapter,
+    NemotronHAdapter,
 )

@@ -6,7 +6,7 @@
 
 Every model has vocab 128, hidden 64, 2 layers, 4 query heads sharing 2 KV heads (GQA), head_dim 16 and
 intermediate 128, in float32, unless overridden. `gemma3` is the text-only `Gemma3ForCausalLM`. `mixtral` and
-`qwen3_moe` have 4 experts of 48 neurons, 2 routed per token. Building one never touches the network or the global RNG.
+`qwen3_moe` have 4 experts of 48 neurons, 2 routed per token; `nemotron_h` repeats the blocks Mamba, MLP, attention, MLP. Building one never touches the network or the global RNG.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from transformers import (
     MistralConfig,
     MixtralConfig,
     NemotronConfig,
+    NemotronHConfig,
     Olmo2Config,
     Phi3Config,
     PretrainedConfig,
@@ -49,6 +50,7 @@ _CONFIGS: dict[str, type[PretrainedConfig]] = {
     "smollm3": SmolLM3Config,
     "mixtral": MixtralConfig,
     "qwen3_moe": Qwen3MoeConfig,
+    "nemotron_h": NemotronHConfig,
 }
 
 _COMMON: dict[str, Any] = dict(
@@ -84,7 +86,12 @@ _FAMILY: dict[str, dict[str, Any]] = {
     # 4 experts, 2 per token; Qwen3-MoE's experts are narrower than its (unused) dense intermediate_size.
     "mixtral": dict(head_dim=16, sliding_window=None, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
     "qwen3_moe": dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True),
+    # A Mamba block, an MLP, attention, an MLP (the released pattern "M-*-" in short); `num_hidden_layers=n` takes
+    # the first n of the repeated pattern. 8 Mamba heads of 8 channels in 2 groups, state 16.
+    "nemotron_h": dict(head_dim=16, mamba_num_heads=8, mamba_head_dim=8, n_groups=2, ssm_state_size=16, conv_kernel=4,
+                       chunk_size=16),
 }
+_HYBRID_PATTERN = ("linear_attention", "mlp", "full_attention", "mlp")
 
 TINY_FAMILIES: tuple[str, ...] = tuple(_CONFIGS)
 
@@ -94,6 +101,11 @@ def tiny_config(family: str, **overrides: Any) -> PretrainedConfig:
     if family not in _CONFIGS:
         raise MinitronError(f"unknown tiny model family '{family}'; expected one of {', '.join(TINY_FAMILIES)}")
     fields = {**_COMMON, **_FAMILY[family], **overrides}
+    if family == "nemotron_h" and "layers_block_type" not in fields:  # its layer count is its pattern's length
+        layers = fields.pop("num_hidden_layers")
+        fields["layers_block_type"] = [_HYBRID_PATTERN[i % len(_HYBRID_PATTERN)] for i in range(layers)]
+    elif family == "nemotron_h":
+        fields.pop("num_hidden_layers", None)
     config = _CONFIGS[family](**fields)
     config.dtype = torch.float32
     return config

@@ -57,6 +57,8 @@ class PrunePlan:
     mlp: dict[int, Tensor]  # source layer -> kept neurons; MoE: [kept experts, kept neurons], one row per kept expert
     fold: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # layer -> (kept head, pruned head) pairs
     experts: dict[int, Tensor] = field(default_factory=dict)  # MoE: source layer -> kept experts
+    mamba_heads: dict[int, Tensor] = field(default_factory=dict)  # hybrid: source Mamba block -> kept heads
+    mamba_groups: dict[int, Tensor] = field(default_factory=dict)  # hybrid: source Mamba block -> kept groups
     # name -> dim -> (offset, length, kept element indices within the block) per cut block of that dimension
     _cuts: dict[str, dict[int, list[tuple[int, int | None, Tensor]]]] = field(default_factory=dict, repr=False)
     # the same for per-expert cuts: the kept indices are one row per kept expert (applied after the expert cut)
@@ -110,6 +112,15 @@ class PrunePlan:
             if a.moe and len(self.experts[i]) != a.num_experts:
                 for t in a.axis_tensors("experts", i):
                     self._cut(t, self.experts[i])
+            if i in self.mamba_heads and len(self.mamba_heads[i]) != a.mamba_num_heads:
+                head_owned = a.axis_tensors("mamba_heads", i)
+                for t in head_owned:
+                    self._cut(t, self.mamba_heads[i])
+                if len(self.mamba_groups[i]) != a.n_groups:
+                    by_heads = {t.key for t in head_owned}
+                    for t in a.axis_tensors("mamba_groups", i):
+                        if t.key not in by_heads:  # the B and C blocks; a group's heads follow the kept heads above
+                            self._cut(t, self.mamba_groups[i])
             if self.fold.get(i):
                 # Multi-head attention: a head owns its K and V rows too; with GQA they are shared by the group.
                 owned = a.axis_tensors("kv_groups", i) if a.heads_per_group == 1 else head_slices
@@ -242,6 +253,9 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
         "num_key_value_heads": shape.num_key_value_heads != a.num_key_value_heads,
         "num_experts": shape.num_experts != a.num_experts,
     }
+    if a.hybrid:
+        width["mamba_num_heads"] = shape.mamba_num_heads != a.mamba_num_heads
+        width["n_groups"] = shape.n_groups != a.n_groups
     needed = [a.mlp_size_field if k == "intermediate_size" else k for k, v in width.items() if v]
     if needed and importance is None:
         raise MinitronError(
@@ -284,4 +298,32 @@ def make_plan(config: PretrainedConfig, importance: Importance | None, target: T
             pairs = fold_pairs(importance.heads[i], heads[i], list(range(a.num_attention_heads)))
         if pairs:
             fold[i] = pairs
-    return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold, experts)
+    mamba_heads, mamba_groups = _mamba_plan(a, importance, shape, keep_layers)
+    return PrunePlan(config, new_config, keep_layers, hidden, heads, kv_groups, mlp, fold, experts, mamba_heads,
+                     mamba_groups)
+
+
+def _mamba_plan(a: FamilyAdapter, importance: Importance | None, shape: Shape,
+                keep_layers: list[int]) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+    """Kept heads and groups of each kept Mamba block, group-aware (Taghibakhshi et al. 2025, arXiv 2504.11409):
+    the groups by their scores, then in every kept group its best `mamba_num_heads / n_groups` heads by their own
+    scores, so each kept head stays with its group's B and C and every group keeps as many heads."""
+    heads: dict[int, Tensor] = {}
+    groups: dict[int, Tensor] = {}
+    if not a.hybrid:
+        return heads, groups
+    prune_groups, prune_heads = shape.n_groups != a.n_groups, shape.mamba_num_heads != a.mamba_num_heads
+    per_group = shape.mamba_num_heads // shape.n_groups
+    for i in keep_layers:
+        if not a.has_axis("mamba_heads", i):
+            continue
+        if not (prune_groups or prune_heads):
+            heads[i], groups[i] = torch.arange(a.mamba_num_heads), torch.arange(a.n_groups)
+            continue
+        groups[i] = top_k(importance.mamba_groups[i], shape.n_groups) if prune_groups else torch.arange(a.n_groups)
+        kept = []
+        for g in groups[i].tolist():
+            members = torch.arange(g * a.mamba_heads_per_group, (g + 1) * a.mamba_heads_per_group)
+            kept.append(members[top_k(importance.mamba_heads[i][members], per_group)])
+        heads[i] = torch.cat(kept)
+    return heads, groups

@@ -81,7 +81,8 @@ def enumerate_candidates(
             f"search budget {budget:,} parameters is larger than the source model's {a.num_parameters():,}; lower search.params"
         )
     kv = a.num_key_value_heads
-    layers = grid(a.num_hidden_layers, steps) if search_depth else [a.num_hidden_layers]
+    # A hybrid's depth is not searched: its blocks differ in size, so a layer count alone has no parameter count.
+    layers = grid(a.num_hidden_layers, steps) if search_depth and not a.hybrid else [a.num_hidden_layers]
     heads = [kv * j for j in range(1, a.heads_per_group + 1)] if search_heads else [a.num_attention_heads]
     low, high = budget * (1 - tolerance), budget * (1 + tolerance)
     out = []

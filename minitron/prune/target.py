@@ -39,6 +39,8 @@ SIZE_FIELDS: tuple[str, ...] = (
 )
 # Target keys of mixture-of-experts families (see `Target.shape` for how they map onto the config).
 EXPERT_FIELDS: tuple[str, ...] = ("num_experts", "moe_intermediate_size")
+# Target keys of hybrid families with Mamba-2 blocks: the heads per Mamba block and its groups (HF's config names).
+MAMBA_FIELDS: tuple[str, ...] = ("mamba_num_heads", "n_groups")
 DEPTH_METRICS: tuple[str, ...] = ("bi", "loss", "contiguous")
 # How `contiguous` ranks the blocks: by block scores ("loss": LM loss with the block skipped, "bi": 1 - cos across
 # the block; see minitron.importance.blocks) or by the sum of the block's single-layer scores ("sum").
@@ -63,16 +65,23 @@ class Shape:
     num_attention_heads: int
     num_key_value_heads: int
     num_experts: int | None = None
+    mamba_num_heads: int | None = None
+    n_groups: int | None = None
 
     @classmethod
     def of(cls, config: PretrainedConfig) -> Shape:
         a = get_adapter(config)
+        mamba = (a.mamba_num_heads, a.n_groups) if a.hybrid else (None, None)
         return cls(a.num_hidden_layers, a.hidden_size, a.intermediate_size, a.num_attention_heads,
-                   a.num_key_value_heads, a.num_experts)
+                   a.num_key_value_heads, a.num_experts, *mamba)
 
     def as_dict(self) -> dict[str, int]:
         out = {f: getattr(self, f) for f in SIZE_FIELDS}
-        return out if self.num_experts is None else {**out, "num_experts": self.num_experts}
+        if self.num_experts is not None:
+            out["num_experts"] = self.num_experts
+        if self.mamba_num_heads is not None:
+            out.update(mamba_num_heads=self.mamba_num_heads, n_groups=self.n_groups)
+        return out
 
     def config_fields(self, config: PretrainedConfig) -> dict[str, int]:
         """These sizes under the config keys of `config`'s family (Qwen3-MoE's expert width is
@@ -84,6 +93,9 @@ class Shape:
         if a.moe:
             out[a.experts_field] = self.num_experts
             out["num_experts_per_tok"] = min(a.num_experts_per_tok, self.num_experts)
+        if a.hybrid:
+            out.update(mamba_num_heads=self.mamba_num_heads, n_groups=self.n_groups)
+            out.pop("num_hidden_layers")  # a hybrid's layer count is the length of its per-layer type list
         return out
 
 
@@ -109,7 +121,10 @@ class Target:
     num_key_value_heads: int | float | None = None
     num_experts: int | float | None = None
     moe_intermediate_size: int | float | None = None
+    mamba_num_heads: int | float | None = None
+    n_groups: int | float | None = None
     drop_layers: tuple[int, ...] | None = None
+    drop_block_types: tuple[str, ...] | None = None
     depth_metric: str = "bi"
     block_metric: str = "loss"
     fold_heads: bool = False
@@ -117,7 +132,7 @@ class Target:
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for key in (*SIZE_FIELDS, *EXPERT_FIELDS):
+        for key in (*SIZE_FIELDS, *EXPERT_FIELDS, *MAMBA_FIELDS):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -139,6 +154,15 @@ class Target:
             if len(set(drops)) != len(drops):
                 raise MinitronError(f"target.drop_layers={list(drops)} names a layer twice")
             object.__setattr__(self, "drop_layers", tuple(sorted(drops)))
+        if self.drop_block_types is not None:
+            types = self.drop_block_types
+            if isinstance(types, str):
+                types = (types,)
+            if not isinstance(types, Sequence) or not types or any(not isinstance(t, str) for t in types):
+                raise MinitronError(
+                    f"target.drop_block_types={self.drop_block_types!r} must be a list of block types, e.g. [mlp]"
+                )
+            object.__setattr__(self, "drop_block_types", tuple(types))
         if self.depth_metric not in DEPTH_METRICS:
             raise MinitronError(
                 f"target.depth_metric='{self.depth_metric}' is not a depth metric; expected one of {', '.join(DEPTH_METRICS)}"
@@ -161,13 +185,15 @@ class Target:
         unknown = sorted(set(data) - known)
         if unknown:
             raise MinitronError(f"unknown target key '{unknown[0]}'; valid keys: {', '.join(sorted(known))}")
-        if isinstance(data.get("drop_layers"), list):
-            data["drop_layers"] = tuple(data["drop_layers"])
+        for key in ("drop_layers", "drop_block_types"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
 
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["drop_layers"] = None if self.drop_layers is None else list(self.drop_layers)
+        out["drop_block_types"] = None if self.drop_block_types is None else list(self.drop_block_types)
         return out
 
     @property
@@ -222,6 +248,9 @@ class Target:
                 f"{kv * adapter.heads_per_group} heads or more KV groups"
             )
 
+        mamba = self._mamba_shape(adapter)
+        self._check_block_types(adapter)
+
         layers = sizes["num_hidden_layers"]
         if self.drop_layers is not None:
             for i in self.drop_layers:
@@ -247,7 +276,80 @@ class Target:
             num_attention_heads=heads,
             num_key_value_heads=kv,
             num_experts=experts or src.num_experts,
+            **mamba,
         )
+
+    def _mamba_shape(self, adapter) -> dict[str, int]:
+        """The kept Mamba heads and groups of a hybrid: group-aware, every kept group keeps the same heads."""
+        if not adapter.hybrid:
+            for key in MAMBA_FIELDS:
+                if getattr(self, key) is not None:
+                    raise MinitronError(
+                        f"target.{key}={getattr(self, key)} needs a model with Mamba blocks but {adapter.family} has "
+                        f"none; remove target.{key}"
+                    )
+            return {}
+        groups = self._size("n_groups", adapter.n_groups)
+        heads = self._size("mamba_num_heads", adapter.mamba_num_heads)
+        if heads is None and groups is not None:
+            heads = groups * adapter.mamba_heads_per_group  # dropping groups alone keeps each kept group whole
+        groups = adapter.n_groups if groups is None else groups
+        heads = adapter.mamba_num_heads if heads is None else heads
+        if heads % groups:
+            raise MinitronError(
+                f"target.mamba_num_heads={heads} is not a multiple of the kept Mamba groups (n_groups={groups}); "
+                "group-aware pruning keeps the same number of heads in every group"
+            )
+        if heads // groups > adapter.mamba_heads_per_group:
+            raise MinitronError(
+                f"target.mamba_num_heads={heads} with n_groups={groups} gives {heads // groups} heads per group, more "
+                f"than the source's {adapter.mamba_heads_per_group}; keep at most {groups * adapter.mamba_heads_per_group} "
+                "heads or more groups"
+            )
+        return {"mamba_num_heads": heads, "n_groups": groups}
+
+    def _check_block_types(self, adapter) -> None:
+        if self.drop_block_types is None:
+            return
+        if not adapter.hybrid:
+            raise MinitronError(
+                f"target.drop_block_types={list(self.drop_block_types)} needs a hybrid model but every {adapter.family} "
+                "layer has the same type; remove target.drop_block_types"
+            )
+        known = list(adapter.block_kinds)
+        for t in self.drop_block_types:
+            if t not in known:
+                raise MinitronError(
+                    f"target.drop_block_types: '{t}' is not a block type of {adapter.family}; expected any of {', '.join(known)}"
+                )
+        if self.drop_layers is not None:
+            raise MinitronError("target.drop_block_types restricts which blocks the depth scores may drop; it does not "
+                                "apply with target.drop_layers (an explicit list): set one of them only")
+        if self.depth_metric == "contiguous":
+            raise MinitronError("target.drop_block_types does not apply to depth_metric=contiguous (a block of "
+                                "consecutive layers spans several types); use depth_metric=bi or loss")
+
+    def _hybrid_keep_for_counts(self, config: PretrainedConfig, adapter, shape: Shape) -> list[int]:
+        """Kept layers that give a hybrid's pruned sizes without scores: its blocks differ in size, so this needs
+        either the explicit `drop_layers` or droppable blocks all of one kind (any `drop` of them weigh the same)."""
+        drop = adapter.num_hidden_layers - shape.num_hidden_layers
+        if self.drop_layers is not None or drop == 0:
+            return self.keep_layers(config, None)
+        candidates = self.depth_candidates(config)
+        if len({adapter.kind(i) for i in candidates}) != 1 or drop > len(candidates):
+            raise MinitronError(
+                f"{self.label} drops {drop} of the {adapter.num_hidden_layers} blocks of a hybrid, whose size depends on "
+                "which blocks go: set target.drop_layers, or target.drop_block_types to blocks of one kind (e.g. [mlp])"
+            )
+        gone = set(candidates[-drop:])
+        return [i for i in range(adapter.num_hidden_layers) if i not in gone]
+
+    def depth_candidates(self, config: PretrainedConfig) -> list[int]:
+        """The layers depth scores may drop: all, or a hybrid's blocks of the types in `drop_block_types`."""
+        adapter = get_adapter(config)
+        if self.drop_block_types is None:
+            return list(range(adapter.num_hidden_layers))
+        return [i for i in range(adapter.num_hidden_layers) if adapter.block_type(i) in self.drop_block_types]
 
     def _mlp_key(self, adapter) -> str:
         """The target key that sizes each MLP (each expert): the family's own config name for it."""
@@ -276,6 +378,8 @@ class Target:
         keep = list(range(shape.num_hidden_layers)) if keep_layers is None else list(keep_layers)
         if len(keep) != shape.num_hidden_layers:
             raise ValueError(f"keep_layers has {len(keep)} layers, the target {shape.num_hidden_layers}")
+        if keep_layers is None and adapter.hybrid:
+            keep = self._hybrid_keep_for_counts(config, adapter, shape)
         for name in adapter.per_layer_config_fields:
             if isinstance(values.get(name), list):
                 values[name] = [values[name][i] for i in keep]
@@ -296,10 +400,14 @@ class Target:
 
     # ---- depth -------------------------------------------------------------------------------------
     def keep_layers(self, config: PretrainedConfig, importance: Importance | None) -> list[int]:
-        """Source indices of the layers that stay, in order."""
+        """Source indices of the layers that stay, in order. A hybrid keeps at least one block of every kind it has
+        (transformers' Nemotron-H cannot run with a cache once its last attention block is gone): scores then drop
+        the next candidate instead, and an explicit list that would remove a kind is refused."""
         shape = self.shape(config)
-        total = get_adapter(config).num_hidden_layers
+        adapter = get_adapter(config)
+        total = adapter.num_hidden_layers
         if self.drop_layers is not None:
+            self._check_kinds_kept(adapter, set(self.drop_layers))
             return [i for i in range(total) if i not in set(self.drop_layers)]
         drop = total - shape.num_hidden_layers
         if drop == 0:
@@ -307,13 +415,40 @@ class Target:
         if self.depth_metric == "contiguous":
             per_block = self._block_scores(importance, drop)
             # The least important block; on a tie the later one (the last layers are the usual first candidates).
-            start = min(range(len(per_block)), key=lambda s: (per_block[s], -s))
+            starts = [s for s in range(len(per_block)) if self._kinds_kept(adapter, set(range(s, s + drop)))]
+            if not starts:
+                raise MinitronError(f"every block of {drop} consecutive layers holds the last {adapter.family} block of "
+                                    "some type; drop fewer layers")
+            start = min(starts, key=lambda s: (per_block[s], -s))
             dropped = set(range(start, start + drop))
         else:
-            scores = self._depth_scores(importance)
-            order = torch.argsort(scores, stable=True)
-            dropped = {int(i) for i in order[:drop]}
+            candidates = self.depth_candidates(config)
+            scores = self._depth_scores(importance)[candidates]
+            dropped: set[int] = set()
+            for i in torch.argsort(scores, stable=True).tolist():
+                if len(dropped) < drop and self._kinds_kept(adapter, dropped | {candidates[i]}):
+                    dropped.add(candidates[i])
+            if len(dropped) < drop:
+                which = f" of the types in target.drop_block_types={list(self.drop_block_types)}" if self.drop_block_types else ""
+                raise MinitronError(
+                    f"target.num_hidden_layers={shape.num_hidden_layers} drops {drop} layers but only {len(dropped)} "
+                    f"layers{which} can go while a block of every type stays; drop fewer or allow more types"
+                )
         return [i for i in range(total) if i not in dropped]
+
+    @staticmethod
+    def _kinds_kept(adapter, dropped: set[int]) -> bool:
+        if not adapter.hybrid:
+            return True
+        kinds = lambda layers: {adapter.kind(i) for i in layers}
+        return kinds(i for i in range(adapter.num_hidden_layers) if i not in dropped) == kinds(range(adapter.num_hidden_layers))
+
+    def _check_kinds_kept(self, adapter, dropped: set[int]) -> None:
+        if not self._kinds_kept(adapter, dropped):
+            raise MinitronError(
+                f"target.drop_layers={sorted(dropped)} removes every {adapter.family} block of one type; keep at least one "
+                "block of each type the model has"
+            )
 
     def importance_options(self, config: PretrainedConfig) -> dict[str, Any]:
         """The `minitron.importance.estimate` options (`depth`, `blocks`, `block_layers`) that give this target

@@ -20,6 +20,7 @@ PAPER = [
     ("llama31_minitron_4b_depth", "llama31_8b", 4_540_469_248, 8_030_261_248),
     ("mistral_nemo_minitron_8b", "mistral_nemo_12b", 8_414_105_600, None),
     ("tiny", "tiny_nemotron", 2_436_192, 4_854_272),
+    ("nemotron_h_4b", "nemotron_h_8b", 4_489_223_040, 8_100_852_736),
 ]
 
 
@@ -42,9 +43,22 @@ def test_dry_run_counts_match_the_papers(name, model, pruned, source, tmp_path, 
     assert json.loads((tmp_path / "pruned_config.json").read_text())["num_key_value_heads"] == 8 or name == "tiny"
 
 
+def test_the_hybrid_target_is_the_published_nemotron_h_4b():
+    """target=nemotron_h_4b on Nemotron-H 8B gives the published 4B's architecture field by field (Megatron-Bridge's
+    provider sizes, configs/model/nemotron_h_4b.yaml) and its exact parameter count."""
+    cfg = compose("prune", ["target=nemotron_h_4b"])
+    pruned = dry_run(config_from_arch(cfg.model.arch), cfg.target)["config"]
+    published = config_from_arch(compose("prune", ["model=nemotron_h_4b"]).model.arch)
+    fields = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+              "mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size", "layers_block_type", "vocab_size")
+    assert {f: getattr(pruned, f) for f in fields} == {f: getattr(published, f) for f in fields}
+    assert pruned.hybrid_override_pattern == "M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M*-M-M-M-M-M-"
+    assert meta_parameters(pruned) == meta_parameters(published) == 4_489_223_040
+
+
 def test_paper_shapes():
     shapes = {}
-    for name, model, *_ in PAPER[:-1]:
+    for name, model, *_ in (p for p in PAPER if p[0] != "tiny"):
         cfg = compose("prune", [f"target={name}"])
         report = dry_run(config_from_arch(cfg.model.arch), cfg.target)
         shapes[name] = tuple(report["pruned_shape"].values()) + (report["head_dim"],)
@@ -54,6 +68,7 @@ def test_paper_shapes():
         "llama31_minitron_4b_width": (32, 3072, 9216, 32, 8, 128),
         "llama31_minitron_4b_depth": (16, 4096, 14336, 32, 8, 128),
         "mistral_nemo_minitron_8b": (40, 4096, 11520, 32, 8, 128),
+        "nemotron_h_4b": (52, 3072, 12288, 32, 8, 112, 8, 128),  # + Mamba heads and groups
     }
 
 
