@@ -16,7 +16,7 @@ import copy
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -629,7 +629,7 @@ class HybridAdapter(FamilyAdapter):
     layer_norm_names = ("norm",)
     types_field = "layers_block_type"
     # block type -> the kind of mixer it holds ("mamba", "attention" or "mlp")
-    block_kinds: dict[str, str] = {}
+    block_kinds: ClassVar[dict[str, str]] = {}
     mixer = "mixer"
 
     # ---- blocks ------------------------------------------------------------------------------------

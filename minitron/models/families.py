@@ -4,6 +4,7 @@ only where its decoder layer differs from the Llama layout the base class descri
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -202,7 +203,7 @@ class NemotronHAdapter(HybridAdapter):
     final_norm = "model.norm_f"
     rotary_emb = None  # its attention has no positional embedding
     per_layer_config_fields = ("layers_block_type",)
-    block_kinds = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp"}
+    block_kinds: ClassVar[dict[str, str]] = {"linear_attention": "mamba", "full_attention": "attention", "mlp": "mlp"}
 
     # Checkpoints keep the original release's `backbone.` prefix (transformers renames it to `model.` on load).
     def stored_shapes(self, name: str, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

@@ -8,7 +8,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from minitron.models.adapter import FamilyAdapter
 from minitron.models.families import FAMILIES
 
-COLUMNS = ("family", "model types (classes)", "hidden", "heads", "KV groups", "MLP", "experts", "depth")
+COLUMNS = ("family", "model types (classes)", "hidden", "heads", "KV groups", "MLP", "experts", "Mamba heads", "depth")
 
 
 def _overrides(cls: type[FamilyAdapter], method: str) -> bool:
@@ -40,8 +40,15 @@ def _cells(cls: type[FamilyAdapter]) -> list[str]:
     experts = "yes: router rows with the experts; `num_experts_per_tok` at most the kept" if cls.moe else "no (dense)"
     extra = [f"`{f}`" for f in cls.per_layer_config_fields if f != "layer_types"]  # every family slices layer_types
     depth = [f"{', '.join(extra)} follow the kept layers"] if extra else []
+    mamba = "no"
+    if cls.hybrid:
+        kinds = sorted(set(cls.block_kinds.values()))
+        hidden = [f"1 norm per block, through every block type ({', '.join(kinds)})"]
+        heads, groups, mlp = (["in attention blocks"], ["in attention blocks"], ["in MLP blocks", *mlp])
+        mamba = "yes: group-aware (`mamba_num_heads`, the same heads kept in every group) and whole groups (`n_groups`)"
+        depth = [f"by block type (`drop_block_types`); `{cls.types_field}` follows the kept blocks, one of each type stays"]
     yes = lambda notes: "yes" + (f": {'; '.join(notes)}" if notes else "")
-    return [cls.family, types, yes(hidden), yes(heads), yes(groups), yes(mlp), experts, yes(depth)]
+    return [cls.family, types, yes(hidden), yes(heads), yes(groups), yes(mlp), experts, mamba, yes(depth)]
 
 
 def support_table() -> str:

@@ -342,6 +342,11 @@ class Target:
                 "which blocks go: set target.drop_layers, or target.drop_block_types to blocks of one kind (e.g. [mlp])"
             )
         gone = set(candidates[-drop:])
+        if not self._kinds_kept(adapter, gone):
+            raise MinitronError(
+                f"{self.label} drops {drop} blocks of one kind, which leaves none of that kind; keep at least one block "
+                "of each type the model has"
+            )
         return [i for i in range(adapter.num_hidden_layers) if i not in gone]
 
     def depth_candidates(self, config: PretrainedConfig) -> list[int]:
@@ -432,7 +437,7 @@ class Target:
                 which = f" of the types in target.drop_block_types={list(self.drop_block_types)}" if self.drop_block_types else ""
                 raise MinitronError(
                     f"target.num_hidden_layers={shape.num_hidden_layers} drops {drop} layers but only {len(dropped)} "
-                    f"layers{which} can go while a block of every type stays; drop fewer or allow more types"
+                    f"layer(s){which} can go while a block of every type stays; drop fewer or allow more types"
                 )
         return [i for i in range(total) if i not in dropped]
 

@@ -144,7 +144,7 @@ def test_config_alone_is_enough():
 
 
 def test_unsupported_architecture_lists_the_supported_ones():
-    types = ("nemotron, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3, granite, smollm3, mixtral, qwen3_moe")
+    types = ("nemotron, llama, mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, phi3, granite, smollm3, mixtral, qwen3_moe, nemotron_h")
     assert ", ".join(SUPPORTED_MODEL_TYPES) == types
     with pytest.raises(MinitronError, match=rf"model_type='gpt2'.*supported model types: {types}$"):
         get_adapter(GPT2Config())

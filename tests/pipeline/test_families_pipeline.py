@@ -111,3 +111,31 @@ def test_pipeline_runs_with_a_tiny_moe_teacher(shared, family):
     for name in ("teacher", "pruned", "distilled"):
         assert torch.isfinite(torch.tensor(ev[name]["val_loss"])), name
     assert json.loads((root / family / "run" / "stages" / "distill.json").read_text())["steps"] == 3
+
+
+# The Nemotron-H hybrid (blocks Mamba, MLP, attention, MLP, Mamba): every width axis of every block type at once,
+# Mamba heads 8 -> 4 (2 in each of the 2 groups), and one MLP block dropped by its depth score.
+@pytest.mark.slow
+def test_pipeline_runs_with_a_tiny_hybrid_teacher(shared):
+    root, cache, tokenizer = shared
+    ids = {t: tokenizer.convert_tokens_to_ids(getattr(tokenizer, f"{t}_token")) for t in ("pad", "bos", "eos")}
+    teacher = tiny_model("nemotron_h", seed=0, vocab_size=len(tokenizer), num_hidden_layers=5,
+                         **{f"{t}_token_id": i for t, i in ids.items()})
+    teacher_dir = root / "nemotron_h" / "teacher"
+    teacher.save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    overrides = PIPELINE + [cache, f"teacher={teacher_dir}", "target.mamba_num_heads=4", "target.num_hidden_layers=4",
+                            "target.drop_block_types=[mlp]"]
+
+    result = run(compose("pipeline", overrides), run_dir=root / "nemotron_h" / "run")
+
+    stages, ev = result["stages"], result["eval"]
+    student = AutoModelForCausalLM.from_pretrained(stages["distill"]["path"])
+    assert type(student) is type(teacher)
+    config = student.config
+    assert (config.hidden_size, config.intermediate_size, config.num_attention_heads, config.mamba_num_heads) == (48, 96, 2, 4)
+    assert config.layers_block_type.count("mlp") == 1 and len(config.layers_block_type) == 4
+    assert student.num_parameters() == stages["prune"]["params"] < teacher.num_parameters()
+    for name in ("teacher", "pruned", "distilled"):
+        assert torch.isfinite(torch.tensor(ev[name]["val_loss"])), name
+    assert json.loads((root / "nemotron_h" / "run" / "stages" / "distill.json").read_text())["steps"] == 3
