@@ -339,6 +339,19 @@ def save_final(
     trainer.accelerator.wait_for_everyone()
 
 
+def release_deepspeed_config() -> None:
+    """Forget the DeepSpeed config of a finished run in this process.
+
+    transformers finds it through a weak reference to the `HfDeepSpeedConfig` of the run's `TrainingArguments`, which
+    the reference cycles of a Trainer keep alive after the run. While it lives, every `from_pretrained` in the
+    process creates its model inside `deepspeed.zero.Init`, partitioned over the ranks: a collective call, which
+    hangs when only rank 0 loads a model afterwards (the pipeline's evaluation after a ZeRO-3 stage).
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+
+
 def _chunks(rows: Iterable[dict], size: int, limit: int | None) -> Iterable[list[dict]]:
     """Consecutive lists of `size` rows (the last may be shorter), at most `limit` of them."""
     it = iter(rows)
