@@ -138,7 +138,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         def correction() -> dict[str, Any]:
             return {"path": str(correct_teacher(cfg, teacher_dir, run_dir)), "steps": int(cfg.teacher_correction.steps)}
 
-        teacher_dir = Path(stage(run_dir, "teacher_correction", correction)["path"])
+        # it trains, so every rank takes part (under DeepSpeed or DDP the ranks train one model together)
+        teacher_dir = Path(stage(run_dir, "teacher_correction", correction, every_rank=True)["path"])
     model, tokenizer = load_checkpoint(teacher_dir, dtype=cfg.dtype)
     data = packed_data(cfg.data, cfg.cache_dir, tokenizer)
     train = TrainSettings.from_config(cfg)
