@@ -41,7 +41,7 @@ from minitron.data.calibration import cache_root, cached_bpe_tokenizer
 from minitron.data.corpus import stdlib_files, stdlib_root
 from minitron.errors import MinitronError
 from minitron.io import build_once, write_json, write_text
-from minitron.ranks import world_size
+from minitron.ranks import is_main_process, world_size
 from minitron.real_models import is_named
 from minitron.train.pretrain import build_model
 
@@ -278,6 +278,8 @@ def miniature_config(cfg: DictConfig) -> DictConfig:
             f"miniature=true builds a tiny teacher of model.arch's family, but teacher={cfg.teacher} names a packaged "
             "model whose architecture model.arch does not describe; run this recipe without miniature=true"
         )
+    if cfg.get("teacher") and is_main_process():
+        print(f"miniature: teacher={cfg.teacher} is not read; the teacher is a random tiny model of model.arch's family")
     c = OmegaConf.to_container(cfg, resolve=True)
     arch = c["model"]["arch"]
     tiny = tiny_arch(arch, scale)
