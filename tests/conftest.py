@@ -19,3 +19,19 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 def _isolated_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MINITRON_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("MINITRON_RUNS", str(tmp_path_factory.getbasetemp() / "runs"))
+
+
+# What `minitron.train.trainer.one_process_rendezvous` sets when a test runs DeepSpeed in this process
+LAUNCH_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _launch_env_restored():
+    """A test that runs DeepSpeed in the test process leaves no launch environment to the next one."""
+    saved = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -73,7 +73,9 @@ def correct_teacher(cfg: DictConfig, teacher: Path, run_dir: Path) -> Path:
             "overwrite": True,
         },
     )
-    print(f"teacher correction: fine-tuning {teacher} for {steps} steps at lr {lr:g} ({warmup} warm-up steps) on the distillation data")
+    if is_main_process():
+        print(f"teacher correction: fine-tuning {teacher} for {steps} steps at lr {lr:g} ({warmup} warm-up steps) "
+              "on the distillation data")
     return Path(pretrain(correction, run_dir / "teacher_correction").path)
 
 

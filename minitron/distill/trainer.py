@@ -43,7 +43,15 @@ from minitron.config import to_plain
 from minitron.errors import MinitronError
 from minitron.io import write_json
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import build_trainer, lm_loss, plot_curves, resume_point, save_final, training_arguments
+from minitron.train.trainer import (
+    build_trainer,
+    lm_loss,
+    plot_curves,
+    release_deepspeed_config,
+    resume_point,
+    save_final,
+    training_arguments,
+)
 
 PROJECTION = "distill_projection"  # the learned state projection rides on the student under this name while training
 
@@ -367,6 +375,7 @@ def distill(
     tokens = trainer.tokens_seen
     result = DistillResult(str(out), val, teacher_val, tokens, trainer.state.global_step, seconds)
     save_final(trainer, out, tokenizer, "minitron_distill.json", asdict(result), before_rename=_drop_projection)
+    release_deepspeed_config()  # models loaded after this (the pipeline's evaluation) are whole, not partitioned
     if args.process_index == 0:
         write_json(run_dir / "metrics.json", asdict(result))
         plot_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title="distill")

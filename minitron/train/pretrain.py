@@ -37,6 +37,7 @@ from minitron.train.trainer import (
     build_trainer,
     lm_loss,
     plot_curves,
+    release_deepspeed_config,
     resume_point,
     save_final,
     training_arguments,
@@ -187,6 +188,7 @@ def _pretrain_into(out: Path, cfg: DictConfig, run_dir: Path, corpus, tokenizer,
                        max_train_blocks=trainer.tokens_seen // cfg.data.seq_len if streamed else None)
     result = PretrainResult(str(out), val, uni, model.num_parameters(), trainer.tokens_seen, seconds, cached=False)
     save_final(trainer, out, tokenizer, SUMMARY_FILE, {**asdict(result), "corpus": corpus.fingerprint})
+    release_deepspeed_config()  # models loaded after this (a corrected teacher's next stages) are whole
     if is_main_process():
         write_json(run_dir / "metrics.json", asdict(result))
         plot_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"pretrain {cfg.model.name}")

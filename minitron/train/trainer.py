@@ -171,12 +171,31 @@ class MetricsFileCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
+def one_process_rendezvous() -> None:
+    """DeepSpeed needs a process group even on one process, and without a launcher it looks for MPI to find one
+    (and fails without mpi4py). A run started without torchrun or the DeepSpeed launcher gets here the
+    environment a launch of one process would set: rank 0 of 1, rendezvous on a free local port (the set-up
+    transformers' DeepSpeed guide gives for running in a notebook)."""
+    if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(port))
+
+
 def training_arguments(train: TrainSettings | Any, output_dir: Path, *, seed: int) -> TrainingArguments:
     """TrainingArguments from `TrainSettings` (or a `configs/train/*.yaml` mapping)."""
     t = TrainSettings.of(train)
     cuda = torch.cuda.is_available()
     bf16 = t.bf16 if isinstance(t.bf16, bool) else cuda and torch.cuda.is_bf16_supported()
     report = {"none": [], "wandb": ["wandb"], "tensorboard": ["tensorboard"]}[t.logger]
+    if t.deepspeed is not None:
+        one_process_rendezvous()
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=t.max_steps,
@@ -337,6 +356,19 @@ def save_final(
         os.replace(partial, out)
         shutil.rmtree(old, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
+
+
+def release_deepspeed_config() -> None:
+    """Forget the DeepSpeed config of a finished run in this process.
+
+    transformers finds it through a weak reference to the `HfDeepSpeedConfig` of the run's `TrainingArguments`, which
+    the reference cycles of a Trainer keep alive after the run. While it lives, every `from_pretrained` in the
+    process creates its model inside `deepspeed.zero.Init`, partitioned over the ranks: a collective call, which
+    hangs when only rank 0 loads a model afterwards (the pipeline's evaluation after a ZeRO-3 stage).
+    """
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
 
 
 def _chunks(rows: Iterable[dict], size: int, limit: int | None) -> Iterable[list[dict]]:

@@ -37,6 +37,7 @@ from minitron.ranks import rank, world_size
 from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import lm_loss, plot_curves, save_final
+from minitron.workflows.miniature import build_teacher
 
 MODELS = ("teacher", "pruned", "distilled", "scratch")
 
@@ -127,7 +128,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {}
 
     def teacher() -> dict[str, Any]:
-        path = teacher_path(cfg, run_dir)
+        # miniature=true (a `miniature_config`): a random tiny teacher of the recipe's family, built here
+        path = build_teacher(cfg, run_dir) if cfg.get("miniature") else teacher_path(cfg, run_dir)
         summary = path / SUMMARY_FILE
         tokens = json.loads(summary.read_text())["tokens"] if summary.is_file() else None
         return {"path": str(path), "tokens": tokens}
@@ -138,7 +140,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         def correction() -> dict[str, Any]:
             return {"path": str(correct_teacher(cfg, teacher_dir, run_dir)), "steps": int(cfg.teacher_correction.steps)}
 
-        teacher_dir = Path(stage(run_dir, "teacher_correction", correction)["path"])
+        # it trains, so every rank takes part (under DeepSpeed or DDP the ranks train one model together)
+        teacher_dir = Path(stage(run_dir, "teacher_correction", correction, every_rank=True)["path"])
     model, tokenizer = load_checkpoint(teacher_dir, dtype=cfg.dtype)
     data = packed_data(cfg.data, cfg.cache_dir, tokenizer)
     train = TrainSettings.from_config(cfg)

@@ -183,3 +183,20 @@ def test_each_training_in_one_process_gets_its_own_wandb_run(tmp_path, monkeypat
         trainer.train()
     for name in ("first", "second"):
         assert len(list((tmp_path / name / "wandb").glob("offline-run-*"))) == 1, f"{name} has no wandb run of its own"
+
+
+def test_deepspeed_without_a_launcher_gets_a_one_process_rendezvous(monkeypatch):
+    import os
+
+    from minitron.train.trainer import one_process_rendezvous
+
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                "OMPI_COMM_WORLD_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    one_process_rendezvous()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+    assert int(os.environ["MASTER_PORT"]) > 0
+    monkeypatch.setenv("RANK", "1")  # under a launcher nothing is touched
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    one_process_rendezvous()
+    assert (os.environ["RANK"], os.environ["MASTER_PORT"]) == ("1", "1234")
