@@ -35,13 +35,13 @@ from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
     LossTrainer,
     build_trainer,
-    lm_loss,
     plot_curves,
     resume_point,
     save_final,
     training_arguments,
     unigram_loss,
 )
+from minitron.train.validation import lm_loss
 
 SUMMARY_FILE = "minitron_pretrain.json"  # beside the weights of every model trained here: tokens, losses, time
 
