@@ -273,13 +273,17 @@ def _verdict(c: Comparison) -> str:
 def report(name: str, r: dict[str, Any]) -> None:
     print(f"{name}: {r['batches']} batches x {r['batch_size']} x {r['seq_len']} tokens, vocabulary {r['vocab']:,}, "
           f"{r['parameters']:,} parameters, {r['dtype']}; median of {r['repeats']} round(s)")
-    print(f"  {'':<8} {'wall s':>9} {'CPU s':>9}   / forward, wall (mean ± se, range)   / forward, CPU")
+    print(f"  {'':<8} {'wall s':>9} {'CPU s':>9}   / forward, wall (mean ± se, range)   / forward, CPU (mean ± se)")
+
+    def pm(mean: float, se: float) -> str:
+        return f"{mean:.3f}" if math.isnan(se) else f"{mean:.3f} ± {se:.3f}"
+
     for k in SETTINGS:
         line = f"  {k:<8} {r['wall_s'][k]:9.3f} {r['cpu_s'][k]:9.3f}"
         if k != "forward":
             o = r["over_forward"][k]
-            se = "" if math.isnan(o["wall_se"]) else f" ± {o['wall_se']:.3f}"
-            line += f"   {o['wall']:.3f}{se} ({o['wall_range'][0]:.3f}-{o['wall_range'][1]:.3f}){'':<10} {o['cpu']:.3f}"
+            wall = f"{pm(o['wall'], o['wall_se'])} ({o['wall_range'][0]:.3f}-{o['wall_range'][1]:.3f})"
+            line += f"   {wall:<34} {pm(o['cpu'], o['cpu_se'])}"
         print(line)
     v = r["after_vs_before"]
     print(f"  after vs before: {v['verdict']} ({v['test']}); losses {r['loss']['before']:.6f} before, "
