@@ -122,7 +122,8 @@ def _check_eval_speed(figures: dict, batches: int, batch_size: int, seq_len: int
     assert (r["batches"], r["batch_size"], r["seq_len"], r["repeats"]) == (batches, batch_size, seq_len, repeats)
     assert r["tokens"] == batches * batch_size * seq_len and r["vocab"] == 4096
     for setting in ("forward", "decoder", "before", "after"):
-        assert r["wall_s"][setting] > 0 and r["cpu_s"][setting] > 0 and len(r["wall_rounds_s"][setting]) == repeats
+        assert r["wall_s"][setting] > 0 and r["cpu_s"][setting] > 0
+        assert len(r["wall_rounds_s"][setting]) == len(r["cpu_rounds_s"][setting]) == repeats
     for setting in ("decoder", "before", "after"):
         assert r["over_forward"][setting]["wall"] > 0 and r["over_forward"][setting]["cpu"] > 0
     assert r["loss"]["after"] == pytest.approx(r["loss"]["before"], rel=1e-5)  # the same loss, both passes
