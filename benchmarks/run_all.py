@@ -6,7 +6,8 @@
 
 In order, each in its own process so that they do not compete for the cores: the importance-scoring overhead
 (`benchmarks/importance_overhead.py`), the distillation benchmarks (a) step overhead, (b) chunked against plain KD
-loss and (c) against TRL's generalized JSD (`python benchmarks/distill_loss.py`), the default `minitron
+loss and (c) against TRL's generalized JSD (`python benchmarks/distill_loss.py`), the validation-loss pass against
+a plain forward (`benchmarks/eval_speed.py`; SmolLM2-135M is skipped unless `make real` installed it), the default `minitron
 pipeline` in a fresh run folder (or, with `--pipeline RUN`, the stage records of that run), and the scale run
 (`benchmarks/scale_15b.py`; skipped with `--skip-scale`, or when the disk lacks the space it needs). Each writes
 its figures as JSON (`--json`); every cell of the final table is read from those files, under a heading line
@@ -33,26 +34,32 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
-KEYS = ("importance", "distill", "pipeline", "scale")
+KEYS = ("importance", "distill", "eval", "pipeline", "scale")
 
 # Arguments of each script per size. "full" is each script's own defaults (the README's settings: the KD loss at
 # vocabulary 256,000 and 2,048 tokens), except that TRL's generalized JSD, the peer in (c), runs at 1,024 tokens
 # (it needs about 17 GiB per 1,024 tokens, and 2,048 would not fit in this project's 24 GiB build machine) and
 # that (b)/(c) time one forward+backward after the warm-up (each takes a minute or more on 2 CPU cores).
+# The validation-loss pass runs 4 of each model's evaluation batches (4 x 16 x 256 tokens for the tiny teacher, 4 x 8
+# x 256 for SmolLM2-135M), 3 rounds on one thread (the steadiest on a shared machine).
 # "quick" is a smoke run of a few minutes; "tiny" is the smallest that runs every code path (for tests: its
 # figures mean nothing).
 SIZES: dict[str, dict[str, list[str]]] = {
-    "full": {"importance": [], "distill": ["--peer-tokens", "1024", "--repeats", "1"], "scale": []},
+    "full": {"importance": [], "distill": ["--peer-tokens", "1024", "--repeats", "1"],
+             "eval": ["--batches", "4", "--threads", "1"], "scale": []},
     "quick": {
         "importance": ["--repeats", "3", "--batches", "2"],
         "distill": ["--step-batch", "8", "--step-seq", "128", "--step-repeats", "5",
                     "--vocab", "32000", "--tokens", "512", "--hidden", "256"],
+        "eval": ["--quick", "--threads", "1"],
         "scale": ["--model", "tiny_nemotron", "--targets", "tiny"],
     },
     "tiny": {
         "importance": ["--batches", "1", "--batch-size", "1", "--seq-len", "16", "--repeats", "1", "--warmup", "0"],
         "distill": ["--step-batch", "2", "--step-seq", "16", "--step-repeats", "1",
                     "--vocab", "8192", "--tokens", "64", "--hidden", "16", "--chunk", "16", "--repeats", "1"],
+        "eval": ["--models", "tiny", "--batches", "2", "--batch-size", "2", "--seq-len", "32", "--repeats", "1",
+                 "--warmup", "0"],
         "scale": ["--model", "tiny_nemotron", "--targets", "tiny", "--calib-samples", "2", "--calib-seq-len", "32"],
     },
 }
@@ -233,6 +240,24 @@ def _distill_rows(d: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _eval_rows(d: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for model, r in d["models"].items():
+        if "skipped" in r:
+            rows.append((f"{model}: all figures", f"skipped: {r['skipped']}", "-"))
+            continue
+        o, s, target = r["over_forward"], r["wall_s"], f"<= {r['target']}"
+        setting = f"{r['batches']} x {r['batch_size']} x {r['seq_len']} tokens, {d['threads']} thread(s)"
+        rows += [
+            (f"{model}: validation-loss pass / plain forward, wall ({setting})",
+             f"{o['after']['wall']:.3f} ({s['after']:.2f} / {s['forward']:.2f} s)", target),
+            (f"{model}: validation-loss pass / plain forward, CPU time", f"{o['after']['cpu']:.3f}", target),
+            (f"{model}: the old pass / plain forward, wall", f"{o['before']['wall']:.3f} ({s['before']:.2f} s)", "-"),
+            (f"{model}: the old pass / plain forward, CPU time", f"{o['before']['cpu']:.3f}", "-"),
+        ]
+    return rows
+
+
 def _pipeline_rows(d: dict) -> list[tuple[str, str, str]]:
     rows = [(f"stage {name}, seconds", f"{seconds:.1f}", "-") for name, seconds in d["stages"]]
     rows.append(("all stages, seconds", f"{sum(seconds for _, seconds in d['stages']):.1f}", "-"))
@@ -253,7 +278,7 @@ def _scale_rows(d: dict) -> list[tuple[str, str, str]]:
 
 
 ROWS = {"importance": ("importance overhead", _importance_rows), "distill": ("distillation", _distill_rows),
-        "pipeline": ("pipeline", _pipeline_rows), "scale": (None, _scale_rows)}
+        "eval": ("validation loss", _eval_rows), "pipeline": ("pipeline", _pipeline_rows), "scale": (None, _scale_rows)}
 
 
 def table_rows(outcomes: list[Outcome]) -> list[tuple[str, str, str, str, str]]:
@@ -331,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                                       *sizes["importance"]], work / "importance.json"),
             run_script("distill", [sys.executable, str(ROOT / "benchmarks" / "distill_loss.py"), *sizes["distill"]],
                        work / "distill.json"),
+            run_script("eval", [sys.executable, str(ROOT / "benchmarks" / "eval_speed.py"), *sizes["eval"]],
+                       work / "eval.json"),
             run_pipeline(work, args.pipeline, size),
         ]
         scale = [sys.executable, str(ROOT / "benchmarks" / "scale_15b.py"), *sizes["scale"]]

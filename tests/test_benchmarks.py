@@ -15,6 +15,7 @@ from minitron.workflows.pipeline import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = ROOT / "benchmarks" / "run_all.py"
+EVAL_SPEED = ROOT / "benchmarks" / "eval_speed.py"
 NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
@@ -58,6 +59,10 @@ def _check_table(text: str, *, scale: bool) -> list[list[str]]:
             "plain forward, wall"} <= importance.keys()
     distill = _figures(rows, "distillation")
     assert [f[:3] for f in distill] == ["(a)", "(b)", "(b)", "(c)", "(c)"]
+    evaluation = _figures(rows, "validation loss")
+    assert any(f.startswith("tiny: validation-loss pass / plain forward, wall (") for f in evaluation)
+    assert {"tiny: validation-loss pass / plain forward, CPU time", "tiny: the old pass / plain forward, wall",
+            "tiny: the old pass / plain forward, CPU time"} <= evaluation.keys()
     assert {"stage teacher, seconds", "stage importance, seconds", "stage prune, seconds",
             "all stages, seconds"} == _figures(rows, "pipeline").keys()
     scale_rows = _figures(rows, "scale")
@@ -90,15 +95,69 @@ def test_run_all_prints_every_figure_at_the_smallest_settings(tmp_path):
     # every cell comes from the JSON the benchmarks wrote
     importance = json.loads((tmp_path / "work" / "importance.json").read_text())
     distill = json.loads((tmp_path / "work" / "distill.json").read_text())
+    evaluation = json.loads((tmp_path / "work" / "eval.json").read_text())["models"]["tiny"]
     figures = {figure: measured for _, figure, measured, _, _ in rows}
     wall = next(m for f, m in figures.items() if f.startswith("width+BI / forward, wall"))
     assert float(wall) == pytest.approx(importance["over_forward"]["width+bi"]["wall"], abs=5e-4)
     assert float(figures["(b) chunked / plain KD loss, time"].split()[0]) == pytest.approx(
         distill["vocab"]["chunked_over_plain"]["time"], abs=5e-4)
     assert distill["vocab"]["results"]["plain"]["peak_bytes"] > 0
+    assert float(figures["tiny: validation-loss pass / plain forward, CPU time"]) == pytest.approx(
+        evaluation["over_forward"]["after"]["cpu"], abs=5e-4)
     records = sorted((pipeline / "stages").glob("*.json"))
     total = sum(json.loads(p.read_text())["seconds"] for p in records)
     assert float(figures["all stages, seconds"]) == pytest.approx(total, abs=0.05)
+
+
+def _eval_speed_module():
+    if "eval_speed" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("eval_speed", EVAL_SPEED)
+        sys.modules["eval_speed"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["eval_speed"])
+    return sys.modules["eval_speed"]
+
+
+def _check_eval_speed(figures: dict, batches: int, batch_size: int, seq_len: int, repeats: int) -> None:
+    r = figures["models"]["tiny"]
+    assert (r["batches"], r["batch_size"], r["seq_len"], r["repeats"]) == (batches, batch_size, seq_len, repeats)
+    assert r["tokens"] == batches * batch_size * seq_len and r["vocab"] == 4096
+    for setting in ("forward", "decoder", "before", "after"):
+        assert r["wall_s"][setting] > 0 and r["cpu_s"][setting] > 0
+        assert len(r["wall_rounds_s"][setting]) == len(r["cpu_rounds_s"][setting]) == repeats
+    for setting in ("decoder", "before", "after"):
+        assert r["over_forward"][setting]["wall"] > 0 and r["over_forward"][setting]["cpu"] > 0
+    assert r["loss"]["after"] == pytest.approx(r["loss"]["before"], rel=1e-5)  # the same loss, both passes
+    assert r["meets_target"] == (r["over_forward"]["after"]["wall"] <= r["target"] == 1.2)
+
+
+def test_eval_speed_times_both_passes_against_the_forward_at_the_smallest_settings(tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    args = ["--models", "tiny", "--batches", "2", "--batch-size", "2", "--seq-len", "16", "--repeats", "1",
+            "--warmup", "0", "--tiles", "--json", str(out)]
+    assert _eval_speed_module().main(args) == 0
+    figures = json.loads(out.read_text())
+    _check_eval_speed(figures, 2, 2, 16, 1)
+    assert set(figures["models"]["tiny"]["tiles_cpu_s"]) >= {"logits only", "logits + F.cross_entropy", "tiles 512 x 1024"}
+    printed = capsys.readouterr().out
+    assert "validation-loss pass / forward = " in printed
+    assert "| python benchmarks/eval_speed.py --models tiny" not in printed  # the command is quoted in its row
+    assert "`python benchmarks/eval_speed.py --models tiny --batches 2" in printed
+
+
+def test_eval_speed_refuses_an_unknown_model(capsys):
+    with pytest.raises(SystemExit):
+        _eval_speed_module().main(["--models", "tiny,gpt5"])
+    assert "--models: gpt5; choose from tiny, smollm2_135m" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_speed_quick_mode(tmp_path):
+    """`eval_speed.py --quick` as a user runs it (the tiny model, 4 x 8 x 128 tokens, 3 rounds)."""
+    out = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, str(EVAL_SPEED), "--quick", "--json", str(out)], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _check_eval_speed(json.loads(out.read_text()), 4, 8, 128, 3)
 
 
 def test_a_failed_benchmark_is_a_row_and_a_non_zero_exit(tmp_path):

@@ -45,13 +45,13 @@ from minitron.io import write_json
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
     build_trainer,
-    lm_loss,
     plot_curves,
     release_deepspeed_config,
     resume_point,
     save_final,
     training_arguments,
 )
+from minitron.train.validation import lm_loss
 
 PROJECTION = "distill_projection"  # the learned state projection rides on the student under this name while training
 

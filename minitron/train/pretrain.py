@@ -35,7 +35,6 @@ from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
     LossTrainer,
     build_trainer,
-    lm_loss,
     plot_curves,
     release_deepspeed_config,
     resume_point,
@@ -43,6 +42,7 @@ from minitron.train.trainer import (
     training_arguments,
     unigram_loss,
 )
+from minitron.train.validation import lm_loss
 
 SUMMARY_FILE = "minitron_pretrain.json"  # beside the weights of every model trained here: tokens, losses, time
 

@@ -8,11 +8,10 @@ the metrics file and DeepSpeed, which the Trainer drives when `train.deepspeed` 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -369,40 +368,6 @@ def release_deepspeed_config() -> None:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()
-
-
-def _chunks(rows: Iterable[dict], size: int, limit: int | None) -> Iterable[list[dict]]:
-    """Consecutive lists of `size` rows (the last may be shorter), at most `limit` of them."""
-    it = iter(rows)
-    while limit is None or limit > 0:
-        chunk = list(islice(it, size))
-        if not chunk:
-            return
-        yield chunk
-        limit = None if limit is None else limit - 1
-
-
-@torch.no_grad()
-def lm_loss(model: PreTrainedModel, dataset, *, batch_size: int = 8, max_batches: int | None = None) -> float:
-    """Mean next-token loss in nats over every real token of `dataset` (token-weighted, not batch-weighted): a
-    Dataset or a stream of packed blocks, read in order."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    n = math.ceil(len(dataset) / batch_size) if hasattr(dataset, "__len__") else None
-    total_batches = n if max_batches is None else max_batches if n is None else min(n, max_batches)
-    for rows in tqdm(_chunks(dataset, batch_size, max_batches), total=total_batches, desc="eval", leave=False,
-                     dynamic_ncols=True):
-        batch = {k: v.to(device) for k, v in collate(rows).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:].flatten()
-        total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum").item()
-        count += int((labels != -100).sum())
-    model.train(was_training)
-    if count == 0:
-        raise MinitronError("the validation split has no tokens; lower data.seq_len or check data.validation_fraction")
-    return total / count
 
 
 def unigram_loss(train_dataset, eval_dataset, vocab_size: int, *, max_train_blocks: int | None = None) -> float:

@@ -36,7 +36,8 @@ from minitron.real_models import is_named, materialise
 from minitron.ranks import rank, world_size
 from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import lm_loss, plot_curves, save_final
+from minitron.train.trainer import plot_curves, save_final
+from minitron.train.validation import lm_loss
 from minitron.workflows.miniature import build_teacher
 
 MODELS = ("teacher", "pruned", "distilled", "scratch")

@@ -32,7 +32,7 @@ from minitron.prune.search import Candidate
 from minitron.prune.target import DEPTH_METRICS, depth_scores_for
 from minitron.train.pretrain import teacher_path
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import lm_loss
+from minitron.train.validation import lm_loss
 from minitron.workflows.prune import compute_scores, config_of, given_scores
 
 ZERO_SHOT_FILE = "zero_shot.jsonl"  # one line per candidate whose zero-shot loss is known

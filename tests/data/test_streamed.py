@@ -14,7 +14,8 @@ from minitron.data import load_corpus
 from minitron.data.calibration import calibration_batches, packed_data
 from minitron.data.tokenizer import train_default_tokenizer
 from minitron.errors import MinitronError
-from minitron.train.trainer import lm_loss, unigram_loss
+from minitron.train.trainer import unigram_loss
+from minitron.train.validation import lm_loss
 from small_runs import STREAM_DATA, write_stream_corpus
 
 

@@ -119,7 +119,7 @@ def test_teacher_correction_fine_tunes_and_saves_the_teacher_first(tiny_teacher,
     assert distill_lrs == pytest.approx([0.0, 1e-3])  # the student's own schedule (1 warm-up step) is untouched
     # the student was distilled from the corrected teacher: the teacher loss it reports is the corrected one's
     from minitron.data.calibration import packed_data
-    from minitron.train.trainer import lm_loss
+    from minitron.train.validation import lm_loss
 
     cfg = distill_cfg(teacher, cache, student)
     data = packed_data(cfg.data, cfg.cache_dir, AutoTokenizer.from_pretrained(corrected))
@@ -192,7 +192,7 @@ def test_the_library_function_distills_in_memory_models(tmp_path):
     assert result.path == str(tmp_path / "out") and result.steps == 2 and result.tokens == 2 * 4 * 16
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     # the reported losses are those of the saved student and of the teacher on the evaluation rows
-    from minitron.train.trainer import lm_loss
+    from minitron.train.validation import lm_loss
 
     assert result.val_loss == pytest.approx(lm_loss(reloaded, rows[8:], batch_size=4, max_batches=train.eval_batches), rel=1e-5)
     assert result.teacher_val_loss == pytest.approx(lm_loss(teacher, rows[8:], batch_size=4, max_batches=train.eval_batches),

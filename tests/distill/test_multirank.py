@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_helpers import DATA, make_student
+from distill_helpers import DATA, distill_cfg, make_student
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minitron.data.calibration import packed_data
+from minitron.train.validation import lm_loss
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +82,12 @@ def test_two_ranks_match_one_rank_at_the_same_global_batch(models, tmp_path, sta
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["val_loss"] == pytest.approx(m1["val_loss"], rel=1e-5) and m2["tokens"] == m1["tokens"] == 4 * 4 * 64
+    # the validation losses taken on the ranks (under ZeRO-3 with the output weight gathered for the loss) are those
+    # of the saved student and of the teacher in one plain process, on the same blocks
+    data = packed_data(distill_cfg(teacher, cache, student).data, cache, AutoTokenizer.from_pretrained(teacher))
+    for name, path in (("val_loss", tmp_path / "two" / "student"), ("teacher_val_loss", teacher)):
+        expected = lm_loss(AutoModelForCausalLM.from_pretrained(path), data["validation"], batch_size=2, max_batches=2)
+        assert m1[name] == pytest.approx(expected, rel=1e-5) and m2[name] == pytest.approx(expected, rel=1e-5), name
     # the gathered ZeRO-3 student is a complete stock checkpoint
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "student")
     assert model.config.num_hidden_layers == 1

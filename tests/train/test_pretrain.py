@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from minitron.commands.pretrain import run
 from minitron.config import compose
 from minitron.errors import MinitronError
-from minitron.train.trainer import collate, lm_loss, unigram_loss
+from minitron.train.trainer import collate, unigram_loss
+from minitron.train.validation import lm_loss
 from small_runs import SMALL_ARCH, SMALL_DATA
 
 SMALL = [

@@ -29,7 +29,7 @@ from minitron.prune.dry_run import dry_run
 from minitron.prune.target import Target
 from minitron.train.pretrain import SUMMARY_FILE, pretrain, train_from_scratch
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import lm_loss
+from minitron.train.validation import lm_loss
 
 AGGREGATORS = ("l2", "mean", "var")
 SHAPES = ("width", "depth", "width_depth")
