@@ -86,9 +86,10 @@ _FAMILY: dict[str, dict[str, Any]] = {
     # 4 experts, 2 per token; Qwen3-MoE's experts are narrower than its (unused) dense intermediate_size.
     "mixtral": dict(head_dim=16, sliding_window=None, num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
     "qwen3_moe": dict(head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48, norm_topk_prob=True),
-    # A Mamba block, an MLP, attention, an MLP (the released pattern "M-*-" in short); `num_hidden_layers=n` takes
-    # the first n of the repeated pattern. 8 Mamba heads of 8 channels in 2 groups, state 16.
-    "nemotron_h": dict(head_dim=16, mamba_num_heads=8, mamba_head_dim=8, n_groups=2, ssm_state_size=16, conv_kernel=4,
+    # A Mamba block, an MLP, attention, an MLP (the released pattern "M-*-" in short; 4 blocks by default, so that
+    # every type is there); `num_hidden_layers=n` takes the first n of the repeated pattern. 8 Mamba heads of 8
+    # channels in 2 groups, state 16.
+    "nemotron_h": dict(num_hidden_layers=4, head_dim=16, mamba_num_heads=8, mamba_head_dim=8, n_groups=2, ssm_state_size=16, conv_kernel=4,
                        chunk_size=16),
 }
 _HYBRID_PATTERN = ("linear_attention", "mlp", "full_attention", "mlp")

@@ -13,7 +13,7 @@ from minitron.train import validation
 from minitron.train.validation import lm_loss, logits_cross_entropy_sum
 
 # a plain family, one that soft-caps its logits (Gemma 2) and one that scales them (Granite)
-FAMILIES = ("nemotron", "gemma2", "granite")
+FAMILIES = ("nemotron", "gemma2", "granite", "nemotron_h")
 
 
 def _model(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
