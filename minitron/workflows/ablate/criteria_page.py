@@ -64,7 +64,10 @@ def criterion_label(criterion: str, depth: bool) -> str:
 
 
 def _verdict(c) -> str:
-    return "lower" if c.a_lower else "higher" if c.b_lower else "tie"
+    """`a` against the reference `b`, lower loss being better; the test it rests on in brackets."""
+    if not c.testable:
+        return f"({c.test_text()})"
+    return f"{'better' if c.a_lower else 'worse' if c.b_lower else 'tie'} ({c.test_text()})"
 
 
 def shape_section(cfg: DictConfig, cells: dict, shape: str, source_params: int | None) -> list[str]:
@@ -89,8 +92,7 @@ def shape_section(cfg: DictConfig, cells: dict, shape: str, source_params: int |
         against = "reference"
         if c != ref:
             cmp = compare(cells, n, names[ref])
-            against = "-" if cmp is None else (f"{cmp.a.mean - cmp.b.mean:+.3f}, {_verdict(cmp)} "
-                                                f"({cmp.test_text()})")
+            against = "-" if cmp is None else f"{cmp.a.mean - cmp.b.mean:+.3f}, {_verdict(cmp)}"
         L.append(f"| {criterion_label(c, depth)} | {_cell(cells, n)} | {seeds} | {against} |")
     L.append("")
     if depth:
@@ -128,18 +130,22 @@ def _verdicts(cells: dict, criteria: list[str], names: dict[str, str], depth: bo
             continue
         cmp = compare(cells, names[best], names[c])
         rivals.append((c, cmp))
-    tied = [c for c, cmp in rivals if cmp.tie]
+    untested = [c for c, cmp in rivals if not cmp.testable]
+    tied = [(c, cmp) for c, cmp in rivals if cmp.testable and cmp.tie]
     if tied:
         lines.append("Not separable from it by the test: " + "; ".join(
-            f"{criterion_label(c, depth)} ({cmp.test_text()})" for c, cmp in rivals if c in tied) + ".")
-    else:
-        lines.append("Every other criterion is worse by the test (p < " + f"{ALPHA})." if all(
-            cmp.testable for _, cmp in rivals) else "Too few seeds to test every difference.")
+            f"{criterion_label(c, depth)} ({cmp.test_text()})" for c, cmp in tied) + ".")
+    elif not untested:
+        lines.append(f"Every other criterion is worse by the test (p < {ALPHA}).")
+    if untested:
+        lines.append(f"Too few seeds to test it against {', '.join(criterion_label(c, depth) for c in untested)} "
+                     f"(at least {MIN_SEEDS} needed).")
     ref = criteria[0]
     for other in DATA_FREE:
         if ref in means and other in means:
             cmp = compare(cells, names[ref], names[other])
-            word = "beats" if cmp.a_lower else "loses to" if cmp.b_lower else "ties with"
+            word = ("beats" if cmp.a_lower else "loses to" if cmp.b_lower else "ties with" if cmp.testable
+                    else "is not tested against")
             lines.append(f"{criterion_label(ref, depth)[0].upper()}{criterion_label(ref, depth)[1:]} {word} "
                          f"{criterion_label(other, depth)} ({cmp.a.mean:.3f} vs {cmp.b.mean:.3f}; {cmp.test_text()}).")
     return [" ".join(lines), ""]
@@ -184,6 +190,7 @@ def plot_criteria_shapes(cfg: DictConfig, cells: dict, path: Path) -> Path | Non
         ax.set_title(f"{'depth' if depth else 'width'}: {_shape_text(to_plain(cfg.shapes[shape]))}", fontsize=8)
         ax.set_ylabel("validation loss, no retraining")
         ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("mean and standard error over seeds (weight magnitude: deterministic, one value)", fontsize=9)
     _save(fig, path)
     return path
 
