@@ -134,7 +134,7 @@ def test_the_real_teacher_setup_composes_with_its_shapes():
     assert specs["criteria-l2-mean"]["shape"] == {k: recipe[k] for k in ("hidden_size", "intermediate_size",
                                                                          "num_attention_heads")}
     assert criterion_cell_name("width_75", "random") in specs and specs["criteria-depth-bi"]["eval_stride"] == 64
-    assert "calib" not in specs["criteria-depth-magnitude"]
+    assert "calib" not in specs["criteria-depth-magnitude"] and specs["criteria-depth-bi"]["depth_samples"] == 4
 
 
 def test_the_readme_block_is_the_committed_page_of_the_real_teacher():

@@ -119,6 +119,8 @@ def cell_specs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
             spec = {"study": "criteria", "criterion": criterion, "shape": shape(name), **evals}
             if criterion not in DATA_FREE:
                 spec["calib"] = calib
+                if depth_only(cfg.shapes[name]):
+                    spec["depth_samples"] = depth_samples(cfg)
             specs[criterion_cell_name(name, criterion)] = spec
     for s, loss in [(s, "kl") for s in SHAPES] + [("width", loss) for loss in LOSSES if loss != "kl"]:
         specs[f"distill-{s}-{loss}"] = {"study": "distill", "shape": shape(s), "loss": loss, "steps": steps, "train": train,

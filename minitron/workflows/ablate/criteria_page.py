@@ -148,6 +148,12 @@ def _verdicts(cells: dict, criteria: list[str], names: dict[str, str], depth: bo
                     else "is not tested against")
             lines.append(f"{criterion_label(ref, depth)[0].upper()}{criterion_label(ref, depth)[1:]} {word} "
                          f"{criterion_label(other, depth)} ({cmp.a.mean:.3f} vs {cmp.b.mean:.3f}; {cmp.test_text()}).")
+    if all(c in means for c in DATA_FREE):  # is weight magnitude better than a guess?
+        cmp = compare(cells, names["magnitude"], names["random"])
+        word = ("is better than" if cmp.a_lower else "is worse than" if cmp.b_lower else "ties with" if cmp.testable
+                else "is not tested against")
+        lines.append(f"Weight magnitude {word} {criterion_label('random', depth)} ({cmp.a.mean:.3f} vs "
+                     f"{cmp.b.mean:.3f}; {cmp.test_text()}).")
     return [" ".join(lines), ""]
 
 

@@ -102,7 +102,15 @@ class Comparison:
             n = (self.b if self.exact == "a" else self.a).n
             if not self.testable:
                 return f"no test: {n} seed(s), at least {MIN_SEEDS} needed"
-            return f"one-sample t = {self.t:.2f}, p = {self.p:.3f}, {n} seeds vs one deterministic value"
+            if math.isinf(self.t) or self.t == 0 and self.p == 1:
+                return f"no spread over {n} seeds against one deterministic value: the values decide"
+            return f"one-sample t = {self.t:.2f}, {_p_text(self.p)}, {n} seeds vs one deterministic value"
         if not self.testable:
             return f"no test: {min(self.a.n, self.b.n)} seed(s), at least {MIN_SEEDS} needed"
-        return f"Welch t = {self.t:.2f}, p = {self.p:.3f}, {self.a.n} vs {self.b.n} seeds"
+        if math.isinf(self.t):
+            return f"no spread within either side, {self.a.n} vs {self.b.n} seeds: the values decide"
+        return f"Welch t = {self.t:.2f}, {_p_text(self.p)}, {self.a.n} vs {self.b.n} seeds"
+
+
+def _p_text(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
