@@ -35,3 +35,13 @@ def _launch_env_restored():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def smollm2_folder(tmp_path_factory):
+    """SmolLM2-135M converted once per test session into the session's cache (the folder MINITRON_CACHE points
+    every test at), so the real-model tests and the notebook that uses it share one conversion (~20 s). Tests that
+    ask for it skip when the package is missing outside CI (`needs_smollm2`)."""
+    from minitron.real_models import materialise
+
+    return materialise("smollm2_135m", tmp_path_factory.getbasetemp() / "cache")

@@ -42,9 +42,13 @@ def criteria(tmp_path_factory):
 
 def test_the_criteria_study_gives_a_table_with_spread_and_a_plot(criteria):
     root, _ = criteria
-    cells = {p.parent.name: json.loads(p.read_text()) for p in (root / "results" / "cells").glob("*/seed1.json")}
+    folder = root / "results" / "cells"
+    cells = {p.parent.name: json.loads(p.read_text()) for p in [*folder.glob("*/seed1.json"), *folder.glob("*/deterministic.json")]}
     assert sorted(cells) == sorted([f"criteria-{b}-{s}" for b in ("l2", "mean", "var") for s in ("l2", "mean", "var")]
                                    + ["criteria-magnitude", "criteria-random", "teacher"])
+    # weight magnitude and the teacher's loss depend on no seed: one cell each, not one per seed
+    assert sorted(p.parent.name for p in folder.glob("*/deterministic.json")) == ["criteria-magnitude", "teacher"]
+    assert not (folder / "criteria-magnitude" / "seed0.json").exists()
     # the same pruned shape for every criterion
     assert len({c["parameters"] for n, c in cells.items() if n.startswith("criteria-")}) == 1
     page = (root / "results" / "results.md").read_text()
@@ -79,8 +83,9 @@ def swept(tmp_path_factory):
 def test_every_study_writes_its_cells_and_the_page_has_every_table(swept):
     root, _ = swept
     cells = sorted(p.parent.name for p in (root / "results" / "cells").glob("*/seed0.json"))
-    # the teacher, criteria, shapes, extra losses, scratch x1/x4, split and chain, hidden in 1/2/4 steps, depth block
-    assert len(cells) == 1 + 11 + 3 + 3 + 2 + 2 + 3 + 1
+    # criteria (magnitude and the teacher's loss are deterministic cells), shapes, extra losses, scratch x1/x4, split
+    # and chain, hidden in 1/2/4 steps, depth block
+    assert len(cells) == 10 + 3 + 3 + 2 + 2 + 3 + 1
     assert all((root / "results" / "cells" / c / "seed1.json").is_file() for c in cells)
     page = (root / "results" / "results.md").read_text()
     for heading in ("## 1. Importance criteria", "## 2. Width vs depth", "## 3. Retraining loss",

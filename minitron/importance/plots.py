@@ -69,7 +69,7 @@ def plot_depth(imp: Importance, path: Path) -> Path:
             ax.plot(range(len(values)), values.numpy(), color="tab:orange", marker="o")
         ax.set_title(f"{title}; {hint}", fontsize=9)
         ax.set_xlabel("layer")
-        ax.set_xticks(range(len(values)))
+        ax.set_xticks(range(0, len(values), -(-len(values) // 16)))  # at most 16 labels: 30 layers would overlap
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 

@@ -5,14 +5,20 @@ the results page and its plots from the cells alone.
 
 Studies (`configs/ablate.yaml` sets the teacher, the shapes and the token budget):
 
-- `criteria`  importance criteria at one pruned shape, no retraining: activation scores under the nine
-              (batch, sequence) aggregation pairs, weight magnitude and random scores -> validation loss (Table 13);
+- `criteria`  importance criteria without retraining at each shape of `criteria.shapes` (the width shape by
+              default): activation scores under the (batch, sequence) aggregation pairs of `criteria.aggregations`
+              (all nine by default), weight magnitude and random scores -> validation loss (Table 13); a shape that
+              only sets the number of layers compares the depth criteria of `criteria.depth` (Block Importance,
+              skip-one-layer loss, the least-loss contiguous block) with magnitude and random layers;
 - `shapes`    width vs depth vs width+depth at about the same parameter count -> validation loss before and after
               the same distillation budget, with the validation curve during retraining (Table 10);
 - `losses`    the retraining loss: forward KL vs cross-entropy vs KL+CE vs KL+intermediate states (Table 15);
 - `scratch`   pruned+distilled vs the same architecture from random init on the same tokens and on 4x (Table 11);
 - `iterative` one-shot pruning vs two steps (prune halfway, distill, re-score, prune, distill) at the same
               final shape and total budget.
+
+`teacher.path` may name a packaged pretrained model: `setup=smollm2_135m` (configs/setup/) runs the criteria
+study on SmolLM2-135M at three shapes and writes the criteria page (`page_layout=criteria`, `criteria_page`).
 
 A cell is one (setting, seed); its result is a JSON file under `results_dir/cells/`, keyed by everything that
 decides it, so a re-run (or a Hydra multirun over `study` and `seed`) skips finished cells and cells shared by

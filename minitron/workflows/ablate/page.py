@@ -43,10 +43,18 @@ def _mean(cells: dict, name: str, field: str = "val_loss") -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def deterministic(cells: dict, name: str) -> bool:
+    """Cell `name` is one value that no seed decides (weight magnitude, the teacher's loss)."""
+    group = cells.get(name, [])
+    return bool(group) and all(c.get("seed") is None for c in group)
+
+
 def compare(cells: dict, a: str, b: str, field: str = "val_loss") -> Comparison | None:
-    """Cell `a` against cell `b` over their seeds; None when either has no result."""
+    """Cell `a` against cell `b` over their seeds (a deterministic cell by the one-sample test); None when either
+    has no result."""
     va, vb = _values(cells, a, field), _values(cells, b, field)
-    return Comparison.of(va, vb) if va and vb else None
+    exact = ("a" if deterministic(cells, a) else "") + ("b" if deterministic(cells, b) else "")
+    return Comparison.of(va, vb, exact=exact) if va and vb else None
 
 
 def mean_curve(cells: dict, name: str) -> list[tuple[int, float]]:
@@ -127,7 +135,7 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
         plot_criteria(cells, plots["criteria"])
     if any(n.startswith(("distill-", "scratch-", "iterative-")) for n in cells):
         plot_curves(cells, plots["curves"], f"the first {int(cfg.curve_batches)} x {int(cfg.eval_batch_size)} validation blocks")
-    seeds = sorted({c["seed"] for group in cells.values() for c in group})
+    seeds = sorted({c["seed"] for group in cells.values() for c in group if c["seed"] is not None})
     seconds = sum(c["seconds"] for group in cells.values() for c in group)
     shapes = {s: to_plain(cfg.shapes[s]) for s in (*SHAPES, "iterative_mid")}
     tokens = int(cfg.budget.steps) * int(cfg.train.batch_size) * int(cfg.train.gradient_accumulation_steps) * int(cfg.data.seq_len)
@@ -143,7 +151,8 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
     add(f"Teacher: {teacher.get('params', 0):,} parameters ({_arch_line(teacher)}), trained from scratch on the embedded "
         f"corpus: {teacher.get('tokens', 0):,} tokens in {teacher.get('seconds', 0) / 60:.1f} min, validation loss "
         f"{_cell(cells, 'teacher')} on the students' blocks (unigram {fmt_loss(teacher.get('unigram_loss'))}). Seeds: {', '.join(map(str, seeds))} "
-        f"(calibration draw, data order, random scores and random init). Retraining budget per student: "
+        f"(calibration draw, data order, random scores and random init; weight magnitude and the teacher's loss are "
+        f"deterministic: one value, no standard error). Retraining budget per student: "
         f"{int(cfg.budget.steps)} steps = {tokens:,} tokens. Cells took {seconds / 60:.1f} min of compute in all "
         f"({_machine()}). Cells: mean ± standard error over seeds; every verdict names its Welch t-test (two-sided, "
         f"a difference is called at p < {ALPHA}, else a tie); validation loss in nats/token over "

@@ -13,23 +13,35 @@ from minitron.checkpoint import load_checkpoint
 from minitron.config import to_plain
 from minitron.data.calibration import packed_data
 from minitron.errors import MinitronError
+from minitron.importance.plots import plot_depth, plot_importance
 from minitron.io import write_json
 from minitron.prune.dry_run import dry_run
 from minitron.workflows.ablate.cells import (
-    AGGREGATORS,
     LOSSES,
+    PAPER_PAIR,
     SCORING_STEPS,
     SHAPES,
     Context,
     build_teacher,
+    criteria_shapes,
     criterion_cell,
+    depth_only,
+    depth_samples,
     distill_cell,
+    eval_blocks,
     iterative_cell,
     load_cells,
     scratch_cell,
+    shape_criteria,
     steps_cell,
+    study_scores,
     teacher_cell,
     teacher_key,
+)
+from minitron.workflows.ablate.criteria_page import (
+    block_text,
+    write_criteria_page,
+    write_readme_block,
 )
 from minitron.workflows.ablate.page import write_results
 
@@ -38,11 +50,9 @@ STUDIES = ("criteria", "shapes", "losses", "scratch", "iterative", "depth")
 
 def run_study(ctx: Context, study: str) -> None:
     if study == "criteria":
-        for b in AGGREGATORS:
-            for s in AGGREGATORS:
-                criterion_cell(ctx, f"{b}-{s}")
-        criterion_cell(ctx, "magnitude")
-        criterion_cell(ctx, "random")
+        for shape in criteria_shapes(ctx.cfg):
+            for criterion in shape_criteria(ctx.cfg, shape):
+                criterion_cell(ctx, criterion, shape)
     elif study == "shapes":
         for shape in SHAPES:
             distill_cell(ctx, shape)
@@ -66,6 +76,16 @@ def run_study(ctx: Context, study: str) -> None:
         raise MinitronError(f"study={study} is not a study; choose one of {', '.join(STUDIES)} (or all)")
 
 
+def check_criteria(cfg: DictConfig) -> None:
+    """The criteria settings and the evaluation stride, checked from the config alone."""
+    for name in criteria_shapes(cfg):
+        shape_criteria(cfg, name)
+    depth_samples(cfg)
+    stride = cfg.get("eval_stride", 1)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise MinitronError(f"eval_stride={stride!r} must be an integer of at least 1 (1: the first blocks in order)")
+
+
 def make_context(cfg: DictConfig, teacher: Path, summary: dict[str, Any], results: Path) -> Context:
     """What every cell reads: the teacher, its tokenizer and the packed data; an impossible shape fails here,
     before any cell runs."""
@@ -77,8 +97,26 @@ def make_context(cfg: DictConfig, teacher: Path, summary: dict[str, Any], result
             raise MinitronError(f"shapes.{name}: {e}") from None
     _, tokenizer = load_checkpoint(teacher)
     data = packed_data(cfg.data, cfg.cache_dir, tokenizer)
+    eval_blocks(data["validation"], cfg.get("eval_stride", 1))
     return Context(cfg=cfg, teacher=teacher, teacher_key=teacher_key(summary), tokenizer=tokenizer, data=data,
                    results=results, seed=int(cfg.seed))
+
+
+def _write_criteria_page(cfg: DictConfig, cells: dict, teacher: dict[str, Any], results: Path, page: Path) -> None:
+    """The criteria page, the importance plots of the lowest seed's paper-aggregation scores beside it, and the
+    same tables in the `readme` file's criteria block when one is named."""
+    seeds = sorted({c["seed"] for group in cells.values() for c in group if c["seed"] is not None})
+    if seeds and teacher.get("path"):
+        folder = page.with_name(page.stem + "-importance")
+        width = study_scores(cfg, results, teacher, seeds[0], PAPER_PAIR)
+        if width is not None:
+            plot_importance(width, folder)
+        depth = study_scores(cfg, results, teacher, seeds[0], "depth")
+        if depth is not None and any(depth_only(cfg.shapes[s]) for s in criteria_shapes(cfg)):
+            plot_depth(depth, folder / "depth.png")  # with the skip-one-layer loss, when a depth criterion needs it
+    write_criteria_page(cfg, cells, teacher, page)
+    if cfg.readme:
+        write_readme_block(Path(str(cfg.readme)).expanduser(), block_text(cfg, cells, teacher), str(cfg.command))
 
 
 def run_ablate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -86,6 +124,7 @@ def run_ablate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     every cell of these settings in `cfg.results_dir`."""
     results = Path(str(cfg.results_dir)).expanduser()
     teacher_file = results / "teacher.json"
+    check_criteria(cfg)  # before the teacher is built or any data packed
     if cfg.study != "report":
         teacher, summary = build_teacher(cfg, run_dir)
         summary = {**summary, "path": str(teacher)}
@@ -100,7 +139,10 @@ def run_ablate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     cells = load_cells(results, cfg, teacher_summary)
     stale = sum(len(v) for v in load_cells(results).values()) - sum(len(v) for v in cells.values())
     page = Path(str(cfg.page)).expanduser() if cfg.page else results / "results.md"
-    write_results(cfg, cells, teacher_summary, page)
+    if cfg.page_layout == "criteria":
+        _write_criteria_page(cfg, cells, teacher_summary, results, page)
+    else:
+        write_results(cfg, cells, teacher_summary, page)
     print(f"minitron ablate: {sum(len(v) for v in cells.values())} cells of these settings in {results}"
           + (f" ({stale} of other settings left out)" if stale else "") + f"; results page {page}")
     return {"page": page, "cells": cells}
