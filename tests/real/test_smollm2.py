@@ -25,7 +25,7 @@ from minitron.importance import random_scores, score_model
 from minitron.prune import prune
 from minitron.real_models import PROVENANCE_FILE, gguf_path, load_gguf, materialise
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import lm_loss
+from minitron.train.validation import lm_loss
 
 
 def test_a_missing_package_is_a_one_line_error(monkeypatch):
