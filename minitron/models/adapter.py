@@ -354,10 +354,7 @@ class FamilyAdapter:
             for i in range(self.num_hidden_layers):
                 for n in self.norms(i):
                     out += self._norm(n)
-                for p in self.attention_in(i):
-                    out.append(TensorSlice(f"{p}.weight", 1))
-                out += self._linear(self.o_proj(i), 0, 1, self.o_bias)
-                out += self._mlp_hidden_tensors(i)
+                out += self._hidden_layer_tensors(i)
             out += self._norm(self.final_norm)
             if not self.tied_embeddings:
                 out.append(TensorSlice(f"{self.lm_head}.weight", 1))
@@ -388,6 +385,15 @@ class FamilyAdapter:
         if axis == "experts":
             return self._expert_tensors(layer)
         raise ValueError(f"unknown axis '{axis}'; expected one of {', '.join(AXES)}")
+
+    def _hidden_layer_tensors(self, i: int) -> list[TensorSlice]:
+        """The tensors of layer i's mixers (not its norms) that span the hidden size."""
+        return self._attention_hidden_tensors(i) + self._mlp_hidden_tensors(i)
+
+    def _attention_hidden_tensors(self, i: int) -> list[TensorSlice]:
+        """The tensors of layer i's attention that span the hidden size."""
+        out = [TensorSlice(f"{p}.weight", 1) for p in self.attention_in(i)]
+        return out + self._linear(self.o_proj(i), 0, 1, self.o_bias)
 
     def _mlp_hidden_tensors(self, i: int) -> list[TensorSlice]:
         """The tensors of layer i's MLP that span the hidden size."""
@@ -421,11 +427,18 @@ class FamilyAdapter:
     # ---- names and shapes ---------------------------------------------------------------------------
     def layer_tensor_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         """State-dict keys of decoder layer i and their shapes, from the config alone."""
+        out = self._norm_shapes(i)
+        out.update(self._attention_shapes(i))
+        out.update(self._mlp_shapes(i))
+        return out
+
+    def _norm_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
+        return {t.name: (self.hidden_size,) for n in self.norms(i) for t in self._norm(n)}
+
+    def _attention_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         h, hd = self.hidden_size, self.head_dim
         q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
         out: dict[str, tuple[int, ...]] = {}
-        for n in self.norms(i):
-            out.update({t.name: (h,) for t in self._norm(n)})
         rows: dict[str, int] = {}
         for block in (self.q_rows(i), self.k_rows(i), self.v_rows(i)):
             rows[block.path] = rows.get(block.path, 0) + block.length
@@ -440,7 +453,6 @@ class FamilyAdapter:
         out[f"{self.o_proj(i)}.weight"] = (h, q)
         if self.o_bias:
             out[f"{self.o_proj(i)}.bias"] = (h,)
-        out.update(self._mlp_shapes(i))
         return out
 
     def layer_tensor_names(self, i: int) -> list[str]:
@@ -731,29 +743,17 @@ class HybridAdapter(FamilyAdapter):
         return self._mixer(i, "out_proj")
 
     # ---- axis maps ---------------------------------------------------------------------------------
+    def _hidden_layer_tensors(self, i: int) -> list[TensorSlice]:
+        kind = self.kind(i)
+        if kind == "attention":
+            return self._attention_hidden_tensors(i)
+        if kind == "mlp":
+            return self._mlp_hidden_tensors(i)
+        return [TensorSlice(f"{self.in_proj(i)}.weight", 1), *self._linear(self.out_proj(i), 0, 1, self.mamba_bias)]
+
     def axis_tensors(self, axis: Axis, layer: int | None = None) -> list[TensorSlice]:
-        if axis == "hidden":
-            if layer is not None:
-                raise ValueError("the hidden axis spans every layer; call axis_tensors('hidden') without a layer")
-            out = [TensorSlice(f"{self.embed}.weight", 1)]
-            for i in range(self.num_hidden_layers):
-                for n in self.norms(i):
-                    out += self._norm(n)
-                kind = self.kind(i)
-                if kind == "attention":
-                    out += [TensorSlice(f"{p}.weight", 1) for p in self.attention_in(i)]
-                    out += self._linear(self.o_proj(i), 0, 1, self.o_bias)
-                elif kind == "mlp":
-                    out += self._mlp_hidden_tensors(i)
-                else:
-                    out.append(TensorSlice(f"{self.in_proj(i)}.weight", 1))
-                    out += self._linear(self.out_proj(i), 0, 1, self.mamba_bias)
-            out += self._norm(self.final_norm)
-            if not self.tied_embeddings:
-                out.append(TensorSlice(f"{self.lm_head}.weight", 1))
-            return out
-        if layer is None:
-            raise ValueError(f"axis '{axis}' is per layer; pass layer=i")
+        if layer is None:  # the hidden axis, or the base's error for a per-layer axis
+            return super().axis_tensors(axis, layer)
         if axis in LAYER_AXES and not self.has_axis(axis, layer):
             return []  # a block of another type: nothing of this axis to slice
         if axis == "mamba_heads":
@@ -789,20 +789,10 @@ class HybridAdapter(FamilyAdapter):
     # ---- names and shapes --------------------------------------------------------------------------
     def layer_tensor_shapes(self, i: int) -> dict[str, tuple[int, ...]]:
         h = self.hidden_size
-        out: dict[str, tuple[int, ...]] = {}
-        for n in self.norms(i):
-            out.update({t.name: (h,) for t in self._norm(n)})
+        out = self._norm_shapes(i)
         kind = self.kind(i)
         if kind == "attention":
-            hd = self.head_dim
-            q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
-            for path, rows in ((self.q_proj(i), q), (self.k_proj(i), kv), (self.v_proj(i), kv)):
-                out[f"{path}.weight"] = (rows, h)
-                if self.qkv_bias:
-                    out[f"{path}.bias"] = (rows,)
-            out[f"{self.o_proj(i)}.weight"] = (h, q)
-            if self.o_bias:
-                out[f"{self.o_proj(i)}.bias"] = (h,)
+            out.update(self._attention_shapes(i))
         elif kind == "mlp":
             out.update(self._mlp_shapes(i))
         else:
