@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from family_checks import assert_distillation_lowers_the_kd_loss
+
 from minitron.importance import estimate, estimate_streaming
 from minitron.importance.baselines import random_scores, weight_magnitude
 from minitron.models import get_adapter
@@ -198,26 +200,8 @@ def test_weight_magnitude_reads_the_blocks_of_each_axis(family, model):
 
 
 # ---- distillation ---------------------------------------------------------------------------------------------
-def _kl(teacher, student, ids):
-    with torch.no_grad():
-        t, s = F.log_softmax(logits(teacher, ids), -1), F.log_softmax(logits(student, ids), -1)
-    return float((t.exp() * (t - s)).sum(-1).mean())
-
-
 def test_a_few_distillation_steps_lower_the_kd_loss(model, scores, tmp_path):
-    from minitron.config import compose
-    from minitron.distill import distill
-
-    g = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": torch.randint(3, 128, (16,), generator=g).tolist(), "attention_mask": [1] * 16} for _ in range(8)]
-    ids = torch.tensor([r["input_ids"] for r in rows])
-    student = prune(model, scores, WIDTH_DEPTH)
-    before = _kl(model, student, ids)
-    train = compose("distill", ["train.max_steps=4", "train.batch_size=4", "train.warmup_steps=0", "train.lr=3e-3",
-                                "train.save_steps=0", "train.logging_steps=1", "train.eval_batches=1"]).train
-    distill(model, student, rows, rows[:4], tmp_path / "run", train=train, seq_len=16, out=tmp_path / "out")
-    after = _kl(model, AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval(), ids)
-    assert after < 0.9 * before, (before, after)
+    assert_distillation_lowers_the_kd_loss(model, prune(model, scores, WIDTH_DEPTH), tmp_path)
 
 
 # ---- family quirks --------------------------------------------------------------------------------------------
