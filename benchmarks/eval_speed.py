@@ -53,10 +53,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, NemotronConfig
+from transformers import AutoModelForCausalLM
 
 from minitron.errors import MinitronError
 from minitron.io import write_json
+from minitron.prune.dry_run import config_from_arch
+from minitron.train.trainer import collate
 from minitron.train import validation
 from minitron.train.validation import lm_loss
 from minitron.workflows.ablate.stats import Comparison, Summary
@@ -71,16 +73,6 @@ TILES = ((128, 1024), (256, 1024), (512, 512), (512, 1024), (1024, 1024), (512, 
 
 
 # ---- the pass as it was (minitron/train/trainer.py before minitron/train/validation.py), kept to compare ----
-
-
-def _old_collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    input_ids = torch.tensor([e["input_ids"] for e in examples], dtype=torch.long)
-    if "attention_mask" in examples[0]:
-        attention_mask = torch.tensor([e["attention_mask"] for e in examples], dtype=torch.long)
-    else:
-        attention_mask = torch.ones_like(input_ids)
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _old_chunks(rows: Iterable[dict], size: int, limit: int | None) -> Iterable[list[dict]]:
@@ -103,7 +95,7 @@ def old_lm_loss(model, dataset, *, batch_size: int = 8, max_batches: int | None 
     total_batches = n if max_batches is None else max_batches if n is None else min(n, max_batches)
     for rows in tqdm(_old_chunks(dataset, batch_size, max_batches), total=total_batches, desc="eval", leave=False,
                      dynamic_ncols=True):
-        batch = {k: v.to(device) for k, v in _old_collate(rows).items()}
+        batch = {k: v.to(device) for k, v in collate(rows).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         labels = batch["labels"][:, 1:].flatten()
         total += F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels, ignore_index=-100, reduction="sum").item()
@@ -118,12 +110,9 @@ def old_lm_loss(model, dataset, *, batch_size: int = 8, max_batches: int | None 
 
 
 def tiny_teacher(seed: int = 0) -> torch.nn.Module:
-    arch = OmegaConf.to_container(OmegaConf.load(ARCH_FILE).arch)
-    arch.pop("_target_")
-    if arch.get("vocab_size") is None:
-        arch["vocab_size"] = DEFAULT_VOCAB
+    config = config_from_arch(OmegaConf.load(ARCH_FILE).arch, vocab_size=DEFAULT_VOCAB)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(NemotronConfig(**arch), dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def random_blocks(vocab: int, blocks: int, seq_len: int, seed: int = 0) -> datasets.Dataset:

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM, NemotronConfig
+from transformers import AutoModelForCausalLM
 
 from minitron.importance import estimate
 from minitron.io import write_json
+from minitron.prune.dry_run import config_from_arch
 
 ARCH_FILE = Path(__file__).resolve().parents[1] / "configs" / "model" / "tiny_nemotron.yaml"
 DEFAULT_VOCAB = 4096  # the default teacher's tokenizer size (data.tokenizer.vocab_size); the arch says null
@@ -42,12 +43,9 @@ TARGET = 1.15  # estimate(depth=("bi",)) / forward
 
 
 def default_teacher(seed: int = 0) -> torch.nn.Module:
-    arch = OmegaConf.to_container(OmegaConf.load(ARCH_FILE).arch)
-    arch.pop("_target_")
-    if arch.get("vocab_size") is None:
-        arch["vocab_size"] = DEFAULT_VOCAB
+    config = config_from_arch(OmegaConf.load(ARCH_FILE).arch, vocab_size=DEFAULT_VOCAB)
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(NemotronConfig(**arch), dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, float]:
