@@ -116,24 +116,44 @@ def _batches(dataset, batch_size: int, limit: int | None) -> Iterator[tuple[Tens
 
 
 @torch.no_grad()
-def lm_loss(model: nn.Module, dataset, *, batch_size: int = 8, max_batches: int | None = None) -> float:
-    """Mean next-token loss in nats over every real token of `dataset` (token-weighted, not batch-weighted): a
-    Dataset, a stream or a list of packed blocks, read in order, `batch_size` blocks at a time, at most
-    `max_batches` batches."""
+def batch_loss_sums(model: nn.Module, dataset, *, batch_size: int = 8,
+                    max_batches: int | None = None) -> list[tuple[float, int]]:
+    """(sum of next-token losses in nats, token count) per batch of `dataset` (a Dataset, a stream or a list of
+    packed blocks, read in order, `batch_size` blocks at a time, at most `max_batches` batches)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     n = math.ceil(len(dataset) / batch_size) if hasattr(dataset, "__len__") else None
     total_batches = n if max_batches is None else max_batches if n is None else min(n, max_batches)
-    total, count = 0.0, 0
+    out: list[tuple[float, int]] = []
     try:
         for ids, mask in tqdm(_batches(dataset, batch_size, max_batches), total=total_batches, desc="eval",
                               leave=False, dynamic_ncols=True):
             s, c = next_token_loss_sum(model, ids.to(device), None if mask is None else mask.to(device))
-            total += s.item()
-            count += c
+            out.append((s.item(), c))
     finally:
         model.train(was_training)
-    if count == 0:
+    if sum(c for _, c in out) == 0:
         raise MinitronError("the validation split has no tokens; lower data.seq_len or check data.validation_fraction")
-    return total / count
+    return out
+
+
+def mean_and_se(batches: list[tuple[float, int]]) -> tuple[float, float]:
+    """Token-weighted mean loss of (sum, count) batches and its standard error with the batches as the sampled
+    units (the ratio estimator: SE^2 = k / (k - 1) * sum_i (s_i - mean * c_i)^2 / (sum_i c_i)^2 over k batches;
+    Cochran, Sampling Techniques, 3rd ed., sec. 6.3). The blocks of a batch are neighbours in the corpus, so
+    batches, not tokens, are the independent draws. NaN with a single batch."""
+    total = sum(c for _, c in batches)
+    mean = sum(s for s, _ in batches) / total
+    k = len(batches)
+    if k < 2:
+        return mean, math.nan
+    spread = sum((s - mean * c) ** 2 for s, c in batches)
+    return mean, math.sqrt(k / (k - 1) * spread) / total
+
+
+def lm_loss(model: nn.Module, dataset, *, batch_size: int = 8, max_batches: int | None = None) -> float:
+    """Mean next-token loss in nats over every real token of `dataset` (token-weighted, not batch-weighted): a
+    Dataset, a stream or a list of packed blocks, read in order, `batch_size` blocks at a time, at most
+    `max_batches` batches."""
+    return mean_and_se(batch_loss_sums(model, dataset, batch_size=batch_size, max_batches=max_batches))[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from minitron.ranks import rank, world_size
 from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import plot_curves, save_final
-from minitron.train.validation import lm_loss
+from minitron.train.validation import batch_loss_sums, mean_and_se
 from minitron.workflows.miniature import build_teacher
 
 MODELS = ("teacher", "pruned", "distilled", "scratch")
@@ -221,10 +222,11 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _evaluate(cfg: DictConfig, name: str, path: str, data, out: Path) -> dict[str, Any]:
     model, tokenizer = load_checkpoint(path, dtype=cfg.dtype)
-    val = lm_loss(model, data["validation"], batch_size=cfg.eval_batch_size, max_batches=cfg.eval_batches)
+    val, se = mean_and_se(batch_loss_sums(model, data["validation"], batch_size=cfg.eval_batch_size,
+                                          max_batches=cfg.eval_batches))
     metrics = lm_eval_suite(model, tokenizer, cfg.eval, out, data_cfg=cfg.data, cache_dir=cfg.cache_dir,
                        batch_size=cfg.eval_batch_size, limit=cfg.eval_limit, seed=cfg.seed, model_name=name)
-    return {"params": model.num_parameters(), "val_loss": val, **metrics}
+    return {"params": model.num_parameters(), "val_loss": val, "val_loss_se": se, **metrics}
 
 
 def _copy_plot(src: Path, dst: Path) -> None:
@@ -245,6 +247,11 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _loss_cell(e: dict[str, Any]) -> str:
+    se = e.get("val_loss_se")
+    return f"{e['val_loss']:.3f}" if se is None or math.isnan(se) else f"{e['val_loss']:.3f} ± {se:.3f}"
+
+
 def write_report(cfg: DictConfig, run_dir: Path, results: dict, evaluated: dict) -> Path:
     """`report.md`: the table of the four models, stage times, and the plots."""
     tokens = {
@@ -258,8 +265,9 @@ def write_report(cfg: DictConfig, run_dir: Path, results: dict, evaluated: dict)
         "# minitron pipeline report",
         "",
         f"Teacher `{results['teacher']['path']}` pruned to target `{cfg.target.name}`, distilled with "
-        f"{_loss_name(cfg.distill)} on `{cfg.data.source}`. Validation loss in nats/token on "
-        f"{cfg.eval_batches} validation batches; bits per byte and multiple-choice accuracy from the lm-eval "
+        f"{_loss_name(cfg.distill)} on `{cfg.data.source}`. Validation loss in nats/token on the same "
+        f"{cfg.eval_batches} validation batches of {cfg.eval_batch_size} blocks for every model, ± its standard "
+        f"error with the batches as units; bits per byte and multiple-choice accuracy from the lm-eval "
         f"suite `{cfg.eval.name}`.",
         "",
         "| model | parameters | % of teacher | training tokens | validation loss | bits/byte | MC accuracy |",
@@ -271,7 +279,7 @@ def write_report(cfg: DictConfig, run_dir: Path, results: dict, evaluated: dict)
         e = evaluated[name]
         lines.append(
             f"| {name} | {e['params']:,} | {100 * e['params'] / teacher_params:.1f}% | "
-            f"{_fmt(tokens[name], ',')} | {e['val_loss']:.3f} | {_fmt(e.get('tiny_bpb'), '.3f')} | "
+            f"{_fmt(tokens[name], ',')} | {_loss_cell(e)} | {_fmt(e.get('tiny_bpb'), '.3f')} | "
             f"{_fmt(e.get('tiny_mc_acc'), '.3f')} |"
         )
     lines += ["", "Tokens: the teacher's pretraining tokens; the distilled student's and the from-scratch "

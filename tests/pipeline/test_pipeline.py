@@ -79,8 +79,11 @@ def test_report_table_has_every_model(pipeline_run):
     params = {k: int(v[1].replace(",", "")) for k, v in rows.items()}
     assert params["pruned"] == params["distilled"] == params["scratch"] < params["teacher"]
     assert rows["distilled"][3] == rows["scratch"][3]  # the baseline saw the same number of tokens
-    for row in rows.values():
-        assert float(row[4]) > 0 and float(row[5]) > 0 and 0 <= float(row[6]) <= 1
+    for name, row in rows.items():
+        loss, se = (float(x) for x in row[4].split(" ± "))  # mean ± standard error over the validation batches
+        assert loss == pytest.approx(result["eval"][name]["val_loss"], abs=5e-4) and 0 < se < loss
+        assert se == pytest.approx(result["eval"][name]["val_loss_se"], abs=5e-4)
+        assert float(row[5]) > 0 and 0 <= float(row[6]) <= 1
     assert re.search(r"\| distill \| \d+\.\d \|", (run_dir / "report.md").read_text())
 
 

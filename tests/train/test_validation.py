@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import pytest
 import torch
@@ -10,7 +12,7 @@ from torch.nn import functional as F
 from minitron.errors import MinitronError
 from minitron.models.tiny import tiny_model
 from minitron.train import validation
-from minitron.train.validation import lm_loss, logits_cross_entropy_sum
+from minitron.train.validation import batch_loss_sums, lm_loss, logits_cross_entropy_sum, mean_and_se
 
 # a plain family, one that soft-caps its logits (Gemma 2) and one that scales them (Granite)
 FAMILIES = ("nemotron", "gemma2", "granite", "nemotron_h")
@@ -90,3 +92,22 @@ def test_lm_loss_restores_the_mode_and_refuses_a_split_without_tokens():
     with pytest.raises(MinitronError, match="the validation split has no tokens"):
         lm_loss(model, padding_only, batch_size=1)
     assert model.training
+
+
+def test_the_standard_error_treats_batches_as_the_units():
+    model = _model("nemotron")
+    rows = _rows(blocks=9)
+    batches = batch_loss_sums(model, rows, batch_size=3)
+    assert [c for _, c in batches] == [23 + 23 + 8, 23 * 3, 23 + 23 + 1]  # padded blocks count their real targets
+    mean, se = mean_and_se(batches)
+    assert mean == pytest.approx(lm_loss(model, rows, batch_size=3), rel=1e-12)
+    # by hand: per-batch residuals of the ratio estimator
+    sums = torch.tensor([s for s, _ in batches], dtype=torch.float64)
+    counts = torch.tensor([c for _, c in batches], dtype=torch.float64)
+    expected = ((sums - mean * counts).pow(2).sum() * 3 / 2).sqrt() / counts.sum()
+    assert se == pytest.approx(float(expected), rel=1e-12) and se > 0
+    # equal counts: the ratio estimator is the standard error of the per-batch means
+    equal = [(2.0, 10), (3.0, 10), (7.0, 10)]
+    per_batch = torch.tensor([0.2, 0.3, 0.7], dtype=torch.float64)
+    assert mean_and_se(equal)[1] == pytest.approx(float(per_batch.std() / 3 ** 0.5), rel=1e-12)
+    assert math.isnan(mean_and_se(equal[:1])[1])
