@@ -20,7 +20,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from minitron.checkpoint import cast_checkpoint, checkpoint_folder, load_checkpoint, load_config, save_checkpoint
+from minitron.checkpoint import (
+    cast_checkpoint,
+    checkpoint_folder,
+    load_checkpoint,
+    load_config,
+    save_checkpoint,
+)
 from minitron.config import to_plain
 from minitron.data.calibration import Calibration, packed_data
 from minitron.distill.recipe import correct_teacher
@@ -33,8 +39,8 @@ from minitron.io import write_json, write_text
 from minitron.prune import prune as prune_model
 from minitron.prune.dry_run import config_from_arch, dry_run, layer_lines
 from minitron.prune.target import Target
-from minitron.real_models import is_named, materialise
 from minitron.ranks import rank, world_size
+from minitron.real_models import is_named, materialise
 from minitron.train.pretrain import SUMMARY_FILE, teacher_path, train_from_scratch
 from minitron.train.settings import TrainSettings
 from minitron.train.trainer import plot_curves, save_final

@@ -12,7 +12,12 @@ from torch.nn import functional as F
 from minitron.errors import MinitronError
 from minitron.models.tiny import tiny_model
 from minitron.train import validation
-from minitron.train.validation import batch_loss_sums, lm_loss, logits_cross_entropy_sum, mean_and_se
+from minitron.train.validation import (
+    batch_loss_sums,
+    lm_loss,
+    logits_cross_entropy_sum,
+    mean_and_se,
+)
 
 # a plain family, one that soft-caps its logits (Gemma 2) and one that scales them (Granite)
 FAMILIES = ("nemotron", "gemma2", "granite", "nemotron_h")
