@@ -135,3 +135,10 @@ def test_the_real_teacher_setup_composes_with_its_shapes():
                                                                          "num_attention_heads")}
     assert criterion_cell_name("width_75", "random") in specs and specs["criteria-depth-bi"]["eval_stride"] == 64
     assert "calib" not in specs["criteria-depth-magnitude"] and specs["criteria-depth-bi"]["depth_samples"] == 4
+
+
+def test_the_readme_block_is_the_committed_page_of_the_real_teacher():
+    """README's criteria block and docs/real_criteria.md come from the same run (regenerate both with the command
+    in the block's first line)."""
+    block = readme_block(ROOT / "README.md")
+    assert block and block in (ROOT / "docs" / "real_criteria.md").read_text()
