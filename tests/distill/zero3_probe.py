@@ -24,7 +24,7 @@ from minitron.config import compose, to_plain
 from minitron.distill.losses import DistillLossSpec, LogitLossSpec
 from minitron.distill.trainer import DistillLoss, _teacher_engine, create_models
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import training_arguments
+from minitron.train.trainer import fill_zero3_sizes, training_arguments
 
 
 def held(model: torch.nn.Module) -> list[dict]:
@@ -44,6 +44,7 @@ def main() -> None:
     teacher, student = create_models(teacher_dir, student_dir, args)
     record = {"rank": dist.get_rank(), "world": dist.get_world_size(), "teacher": held(teacher), "student": held(student)}
 
+    fill_zero3_sizes(args, student)
     config = json.loads(json.dumps(args.hf_deepspeed_config.config))
     hidden = student.config.hidden_size
     zero = config["zero_optimization"]
