@@ -27,6 +27,8 @@ from minitron.io import atomic_path
 from minitron.models import get_adapter
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# floating-point dtypes as a safetensors header names them
+SAFETENSORS_FLOATS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 # The config attribute a depth-pruned model records which source layer each of its layers is:
 # {"source_num_hidden_layers": L, "source_layers": [0-based source index of layer 0, 1, ...]}. Stock transformers
 # keeps unknown config attributes (written to config.json, restored by from_pretrained), so the checkpoint still
@@ -264,13 +266,18 @@ def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
     mixed precision; this saves the result in the dtype a run asked for, leaving the folder's other files alone."""
     torch_dtype = check_dtype(dtype)
     folder = Path(folder)
+    wanted = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}[torch_dtype]
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), "pt") as f:
             metadata = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if all(t.dtype == torch_dtype or not t.is_floating_point() for t in tensors.values()):
-            continue
-        tensors = {k: t.to(torch_dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+            names = f.keys()
+            # the header gives every dtype: a file already in `dtype` is not read (a whole model in memory otherwise)
+            kinds = {k: f.get_slice(k).get_dtype() for k in names}
+            if all(kind == wanted or kind not in SAFETENSORS_FLOATS for kind in kinds.values()):
+                continue
+            # one tensor at a time: the file's own copy and the cast one never both exist whole
+            tensors = {k: f.get_tensor(k).to(torch_dtype) if kinds[k] in SAFETENSORS_FLOATS else f.get_tensor(k)
+                       for k in names}
         with atomic_path(file) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
     config = json.loads((folder / "config.json").read_text())
