@@ -1,13 +1,13 @@
 """ZeRO-3 memory: the peak memory of each rank of `minitron distill` on 2 CPU ranks under ZeRO-3, against one
 process without DeepSpeed (`deepspeed=none`).
 
-    python benchmarks/zero3_memory.py                     # a 514M-parameter teacher and its width-pruned student
+    python benchmarks/zero3_memory.py                     # a 513M-parameter teacher and its width-pruned student
     python benchmarks/zero3_memory.py --json zero3.json   # also write every figure and setting as JSON
     python benchmarks/zero3_memory.py --hidden 256 --intermediate 512 --layers 2 --heads 4   # a quick smoke run
     python benchmarks/zero3_memory.py --bf16              # both runs with train.bf16=true (teacher loaded in bfloat16)
 
 Setup, once per settings in `--work`: a byte-level BPE tokenizer trained on the embedded corpus; a random Llama
-teacher (default hidden 2,048, MLP 5,632, 11 layers, 16 query / 4 KV heads of 128: 514M parameters) saved in
+teacher (default hidden 2,048, MLP 5,632, 11 layers, 16 query / 4 KV heads of 128: 513M parameters) saved in
 float32; its width-pruned student (`minitron.prune` on importance scores from 8 calibration blocks: hidden, MLP
 and query heads halved, 138M parameters). Then the same `minitron distill` (forward KL, chunked loss, `--steps`
 steps of 1 block of 128 tokens per rank) runs twice: one plain process with `deepspeed=none`, and

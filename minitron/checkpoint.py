@@ -150,8 +150,8 @@ def _load_zero3_partitions(local: Path, dtype: torch.dtype, trust_remote_code: b
 
     transformers' ZeRO-3 loading memory-maps every weight file on rank 0 and copies the values into the partitions
     module by module: rank 0's resident set then holds the whole checkpoint's file pages on top of its partitions
-    (measured with benchmarks/zero3_memory.py: 3.5 GiB on rank 0 against 3.1 GiB on rank 1 for a 513M float32
-    teacher). Here every rank reads, tensor by tensor, only the rows of the file that cover its partition (a ZeRO-3
+    (2 GB more than rank 1 for a 513M-parameter float32 teacher). Here every rank reads, tensor by tensor, only the
+    rows of the file that cover its partition (a ZeRO-3
     partition is a contiguous range of the flattened tensor, `ds_tensor`), with the file open for that tensor
     only, so at most one tensor's pages are mapped at a time. None when ZeRO-3 is off, or when the checkpoint's
     keys are not exactly the model's parameters (renamed keys, saved buffers): transformers loads those.

@@ -233,8 +233,9 @@ def fill_zero3_sizes(args: TrainingArguments, model: PreTrainedModel) -> None:
     transformers fills the prefetch bucket (0.9 x hidden^2 elements) but not this limit, whose DeepSpeed default
     (1e9 elements) lets the prefetcher gather a whole model of under 1e9 parameters ahead of the forward once it
     has traced a step. `auto` bounds it by the prefetch bucket, as the teacher's engine is bounded
-    (`minitron.distill.trainer._teacher_engine`); measured with benchmarks/zero3_memory.py, the student's forward
-    then holds 0.05 instead of 0.38 GiB per rank at 138M student parameters.
+    (`minitron.distill.trainer._teacher_engine`). Measured with benchmarks/zero3_memory.py (138M float32 student,
+    2 ranks, limit 1e6 elements, near this student's bucket of 0.94e6): the student's forward in the second step
+    grew the rank's memory by 0.04 GiB instead of 0.38 GiB.
     """
     ds = getattr(args, "hf_deepspeed_config", None)
     zero = ds.config.get("zero_optimization", {}) if ds is not None else {}
