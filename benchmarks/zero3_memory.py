@@ -1,16 +1,18 @@
 """ZeRO-3 memory: the peak memory of each rank of `minitron distill` on 2 CPU ranks under ZeRO-3, against one
 process without DeepSpeed (`deepspeed=none`).
 
-    python benchmarks/zero3_memory.py                     # a 514M-parameter teacher and its width-pruned student
+    python benchmarks/zero3_memory.py                     # a 513M-parameter teacher and its width-pruned student
     python benchmarks/zero3_memory.py --json zero3.json   # also write every figure and setting as JSON
     python benchmarks/zero3_memory.py --hidden 256 --intermediate 512 --layers 2 --heads 4   # a quick smoke run
+    python benchmarks/zero3_memory.py --bf16              # both runs with train.bf16=true (teacher loaded in bfloat16)
 
 Setup, once per settings in `--work`: a byte-level BPE tokenizer trained on the embedded corpus; a random Llama
-teacher (default hidden 2,048, MLP 5,632, 11 layers, 16 query / 4 KV heads of 128: 514M parameters) saved in
+teacher (default hidden 2,048, MLP 5,632, 11 layers, 16 query / 4 KV heads of 128: 513M parameters) saved in
 float32; its width-pruned student (`minitron.prune` on importance scores from 8 calibration blocks: hidden, MLP
 and query heads halved, 138M parameters). Then the same `minitron distill` (forward KL, chunked loss, `--steps`
 steps of 1 block of 128 tokens per rank) runs twice: one plain process with `deepspeed=none`, and
-`torchrun --nproc_per_node 2` with `deepspeed=zero3` and DS_ACCELERATOR=cpu.
+`torchrun --nproc_per_node 2` with `deepspeed=zero3` and DS_ACCELERATOR=cpu. With `--bf16` both runs train in
+bfloat16 (`train.bf16=true`: the teacher is loaded in bfloat16, the student keeps float32 master weights).
 
 Each process records, as it exits, its peak resident set (VmHWM: every page it had resident, including the
 file pages of the safetensors it memory-maps while loading) and the peak of its anonymous memory (RssAnon,
@@ -111,14 +113,15 @@ def _setup(work: Path, a: argparse.Namespace) -> tuple[Path, Path]:
     return teacher_dir, student_dir
 
 
-def _run(mode: str, teacher: Path, student: Path, work: Path, steps: int) -> dict:
-    out = work / f"peaks_{mode}"
+def _run(mode: str, teacher: Path, student: Path, work: Path, steps: int, bf16: bool = False) -> dict:
+    out = work / f"peaks_{mode}{'_bf16' if bf16 else ''}"
     out.mkdir(parents=True, exist_ok=True)
     for f in out.glob("rank*.json"):
         f.unlink()
     argv = ["distill", f"teacher={teacher}", f"student={student}", f"cache_dir={work / 'cache'}",
             f"hydra.run.dir={work / ('run_' + mode)}", "resume=false", f"deepspeed={mode}", f"train.max_steps={steps}",
-            "train.batch_size=1", "train.save_steps=0", "train.eval_batches=1", "train.logging_steps=1", *DATA]
+            "train.batch_size=1", "train.save_steps=0", "train.eval_batches=1", "train.logging_steps=1",
+            f"train.bf16={str(bf16).lower()}", *DATA]
     me = [str(Path(__file__).resolve()), "--child", str(out), "--"]
     # a fixed mmap threshold makes glibc hand large freed blocks back at once, so the resident set tracks live
     # tensors (as in distill_loss.py), in both runs: zero.Init creates each module whole and frees it once partitioned
@@ -151,11 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_zero3")
+    p.add_argument("--bf16", action="store_true", help="train in bfloat16 (train.bf16=true) in both runs")
     p.add_argument("--json", type=Path)
     a = p.parse_args(argv)
     work = a.work / f"h{a.hidden}-i{a.intermediate}-l{a.layers}-a{a.heads}"
     teacher, student = _setup(work, a)
-    runs = {mode: _run(mode, teacher, student, work, a.steps) for mode in ("none", "zero3")}
+    runs = {mode: _run(mode, teacher, student, work, a.steps, a.bf16) for mode in ("none", "zero3")}
     gib = 2**30
     report = {"date": str(datetime.date.today()), "target": TARGET, "settings": vars(a) | {"work": str(work)},
               "runs": runs}
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode, r in runs.items():
         per_rank = ", ".join(f"rank {x['rank']} {x['peak_rss_bytes'] / gib:.2f} / {x['peak_anon_bytes'] / gib:.2f}"
                              for x in r["ranks"])
-        print(f"deepspeed={mode}: {r['seconds']:.0f} s; peak RSS / peak anonymous GiB: {per_rank}")
+        print(f"deepspeed={mode}{' bf16' if a.bf16 else ''}: {r['seconds']:.0f} s; peak RSS / peak anonymous GiB: {per_rank}")
     print(f"zero3 (largest rank) / none: peak RSS {report['peak_rss_ratio']:.3f}x, peak anonymous "
           f"{report['peak_anon_ratio']:.3f}x (target <= {TARGET})")
     if a.json:

@@ -27,6 +27,8 @@ from minitron.io import atomic_path
 from minitron.models import get_adapter
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# floating-point dtypes as a safetensors header names them
+SAFETENSORS_FLOATS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 # The config attribute a depth-pruned model records which source layer each of its layers is:
 # {"source_num_hidden_layers": L, "source_layers": [0-based source index of layer 0, 1, ...]}. Stock transformers
 # keeps unknown config attributes (written to config.json, restored by from_pretrained), so the checkpoint still
@@ -129,6 +131,10 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
             "minitron loads safetensors only: convert it once with save_pretrained(safe_serialization=True)"
         )
     torch_dtype = check_dtype(dtype)
+    model = _load_zero3_partitions(local, torch_dtype, trust_remote_code)
+    if model is not None:
+        get_adapter(model)
+        return model
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(local), dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=True,
@@ -137,6 +143,65 @@ def load_model(path: str | os.PathLike, *, dtype: str = "float32", trust_remote_
         raise MinitronError(_hub_or(e, local, f"cannot load the checkpoint {path}: {first_line(e)}")) from None
     get_adapter(model)
     return model
+
+
+def _load_zero3_partitions(local: Path, dtype: torch.dtype, trust_remote_code: bool) -> PreTrainedModel | None:
+    """Under a registered ZeRO-3 config: the model created partitioned, each rank reading its own partitions.
+
+    transformers' ZeRO-3 loading memory-maps every weight file on rank 0 and copies the values into the partitions
+    module by module: rank 0's resident set then holds the whole checkpoint's file pages on top of its partitions
+    (2 GB more than rank 1 for a 513M-parameter float32 teacher). Here every rank reads, tensor by tensor, only the
+    rows of the file that cover its partition (a ZeRO-3
+    partition is a contiguous range of the flattened tensor, `ds_tensor`), with the file open for that tensor
+    only, so at most one tensor's pages are mapped at a time. None when ZeRO-3 is off, or when the checkpoint's
+    keys are not exactly the model's parameters (renamed keys, saved buffers): transformers loads those.
+    """
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if not is_deepspeed_zero3_enabled():
+        return None
+    files: dict[str, Path] = {}
+    for f in sorted(local.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            names = handle.keys()
+        files.update(dict.fromkeys(names, f))
+    try:
+        config = AutoConfig.from_pretrained(str(local), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    except Exception as e:  # as in load_model: every failure to build the model means "cannot load"
+        raise MinitronError(f"cannot load the checkpoint {local}: {first_line(e)}") from None
+    params = dict(model.named_parameters())  # tied weights appear once, under the name the file holds
+    tied = set(model.state_dict()) - set(params) - {n for n, _ in model.named_buffers()}
+    if not set(params) <= set(files) or not set(files) - set(params) <= tied:
+        del model  # every rank sees the same files, so every rank falls back together
+        return None
+    for name, param in params.items():
+        _read_partition(files[name], name, param)
+    model.eval()
+    return model
+
+
+def _read_partition(file: Path, name: str, param: torch.nn.Parameter) -> None:
+    """Copy this rank's range of the flattened tensor `name` in `file` into `param.ds_tensor` (ZeRO-3)."""
+    import torch.distributed as dist
+
+    part = param.ds_tensor
+    size = part.numel()  # every rank's partition has this size; the last one is padded past the tensor's end
+    start = size * dist.get_rank(group=param.ds_process_group)
+    count = max(0, min(size, param.ds_numel - start))
+    with safe_open(str(file), framework="pt") as handle:
+        piece = handle.get_slice(name)
+        shape = piece.get_shape()
+        if list(shape) != list(param.ds_shape):
+            raise MinitronError(f"{file}: {name} has shape {tuple(shape)}, the model's config gives {tuple(param.ds_shape)}")
+        if count == 0:
+            return
+        row = 1
+        for d in shape[1:]:
+            row *= d
+        first, last = start // row, -(-(start + count) // row)  # the rows that cover [start, start + count)
+        values = piece[first:last] if shape else handle.get_tensor(name)
+        part.data[:count].copy_(values.reshape(-1)[start - first * row: start - first * row + count])
 
 
 def _hub_or(err: BaseException, local: Path, otherwise: str) -> str:
@@ -201,13 +266,18 @@ def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
     mixed precision; this saves the result in the dtype a run asked for, leaving the folder's other files alone."""
     torch_dtype = check_dtype(dtype)
     folder = Path(folder)
+    wanted = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}[torch_dtype]
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), "pt") as f:
             metadata = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        if all(t.dtype == torch_dtype or not t.is_floating_point() for t in tensors.values()):
-            continue
-        tensors = {k: t.to(torch_dtype) if t.is_floating_point() else t for k, t in tensors.items()}
+            names = f.keys()
+            # the header gives every dtype: a file already in `dtype` is not read (a whole model in memory otherwise)
+            kinds = {k: f.get_slice(k).get_dtype() for k in names}
+            if all(kind == wanted or kind not in SAFETENSORS_FLOATS for kind in kinds.values()):
+                continue
+            # one tensor at a time: the file's own copy and the cast one never both exist whole
+            tensors = {k: f.get_tensor(k).to(torch_dtype) if kinds[k] in SAFETENSORS_FLOATS else f.get_tensor(k)
+                       for k in names}
         with atomic_path(file) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
     config = json.loads((folder / "config.json").read_text())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
@@ -388,10 +389,14 @@ def distill(
 def _drop_projection(folder: Path) -> None:
     """The learned state projection is a training aid, not part of the student: remove it from the weights."""
     for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as handle:  # reads the header only
+            names = handle.keys()
+        has_projection = any(k.startswith(PROJECTION + ".") for k in names)
+        if not has_projection:
+            continue  # no copy of the weights in memory just to find nothing to drop (a whole student otherwise)
         tensors = load_file(str(f))
         kept = {k: v for k, v in tensors.items() if not k.startswith(PROJECTION + ".")}
-        if len(kept) != len(tensors):
-            save_file(kept, str(f), metadata={"format": "pt"})
+        save_file(kept, str(f), metadata={"format": "pt"})
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         data = json.loads(index.read_text())

@@ -289,3 +289,18 @@ def test_a_soft_capped_model_says_once_that_its_loss_uses_full_logits(capsys):
     assert capsys.readouterr().out.count("WARNING") == 1
     plain = DistillLoss(None, DistillLossSpec(chunk_size=64), student_config=SimpleNamespace(final_logit_softcapping=None))
     assert plain.chunked and "WARNING" not in capsys.readouterr().out
+
+
+def test_dropping_the_projection_rewrites_only_the_shards_that_hold_it(tmp_path):
+    """A shard without projection weights is left byte for byte (not read into memory and written again)."""
+    from safetensors.torch import save_file
+
+    from minitron.distill.trainer import PROJECTION, _drop_projection
+
+    save_file({"a.weight": torch.ones(2, 2)}, str(tmp_path / "model-00001-of-00002.safetensors"), metadata={"format": "pt"})
+    save_file({"b.weight": torch.ones(3), f"{PROJECTION}.weight": torch.zeros(2, 2)},
+              str(tmp_path / "model-00002-of-00002.safetensors"), metadata={"format": "pt"})
+    before = (tmp_path / "model-00001-of-00002.safetensors").stat().st_mtime_ns
+    _drop_projection(tmp_path)
+    assert (tmp_path / "model-00001-of-00002.safetensors").stat().st_mtime_ns == before
+    assert load_file(str(tmp_path / "model-00002-of-00002.safetensors")).keys() == {"b.weight"}

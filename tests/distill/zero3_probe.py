@@ -19,12 +19,14 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
+from safetensors.torch import load_file
 
+from minitron.checkpoint import _load_zero3_partitions
 from minitron.config import compose, to_plain
 from minitron.distill.losses import DistillLossSpec, LogitLossSpec
 from minitron.distill.trainer import DistillLoss, _teacher_engine, create_models
 from minitron.train.settings import TrainSettings
-from minitron.train.trainer import training_arguments
+from minitron.train.trainer import fill_zero3_sizes, training_arguments
 
 
 def held(model: torch.nn.Module) -> list[dict]:
@@ -43,7 +45,18 @@ def main() -> None:
     args = training_arguments(train, out.parent / "probe_ckpt", seed=0)
     teacher, student = create_models(teacher_dir, student_dir, args)
     record = {"rank": dist.get_rank(), "world": dist.get_world_size(), "teacher": held(teacher), "student": held(student)}
+    # each rank read its own partitions from the files (minitron.checkpoint._load_zero3_partitions): gathered, the
+    # weights are the checkpoint's, in the dtype each model was created in
+    record["read_by_partition"] = _load_zero3_partitions(Path(teacher_dir), torch.float32, False) is not None
+    record["max_diff"] = {}
+    for which, model, folder in (("teacher", teacher, teacher_dir), ("student", student, student_dir)):
+        saved = load_file(str(Path(folder) / "model.safetensors"))
+        params = dict(model.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+            record["max_diff"][which] = max(float((p.float() - saved[n].to(p.dtype).float()).abs().max())
+                                            for n, p in params.items())
 
+    fill_zero3_sizes(args, student)
     config = json.loads(json.dumps(args.hf_deepspeed_config.config))
     hidden = student.config.hidden_size
     zero = config["zero_optimization"]

@@ -206,3 +206,20 @@ def test_depth_prune_records_the_kept_layer_map_in_config_json(teacher, tmp_path
         assert layer_map(loaded.config) == (2, keep)
     width = save_checkpoint(prune(model, imp, {"hidden_size": 24}), tokenizer, tmp_path / "width")
     assert LAYER_MAP not in config_json(width)
+
+
+def test_cast_checkpoint_reads_only_headers_when_nothing_changes_and_casts_floats_only(tmp_path):
+    """A file already in the asked dtype is left byte for byte; otherwise floats are cast and integers kept."""
+    from safetensors.torch import load_file, save_file
+
+    from minitron.checkpoint import cast_checkpoint
+
+    (tmp_path / "config.json").write_text('{"dtype": "float32"}')
+    save_file({"w": torch.ones(2, 3), "ids": torch.arange(3)}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    before = (tmp_path / "model.safetensors").stat().st_mtime_ns
+    cast_checkpoint(tmp_path, "float32")
+    assert (tmp_path / "model.safetensors").stat().st_mtime_ns == before
+    cast_checkpoint(tmp_path, "bfloat16")
+    out = load_file(str(tmp_path / "model.safetensors"))
+    assert out["w"].dtype == torch.bfloat16 and out["ids"].dtype == torch.int64
+    assert torch.equal(out["w"].float(), torch.ones(2, 3)) and torch.equal(out["ids"], torch.arange(3))
