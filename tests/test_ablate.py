@@ -27,7 +27,8 @@ SMALL = [
     "shapes.depth={num_hidden_layers:2}",
     "shapes.width_depth={num_hidden_layers:3,hidden_size:56,intermediate_size:96,num_attention_heads:2}",
     "shapes.iterative_mid={hidden_size:56,intermediate_size:112,num_attention_heads:4}",
-    "budget.steps=4", "train.batch_size=2", "train.logging_steps=2", "calib.samples=4", "calib.batch_size=2",
+    "budget.steps=4", "budget.long_steps=8", "train.batch_size=2", "train.logging_steps=2", "calib.samples=4",
+    "calib.batch_size=2",
     "eval_batches=2", "eval_batch_size=2", "curve_every=2", "curve_batches=1",
 ]
 
@@ -73,7 +74,7 @@ def test_a_changed_setting_recomputes_only_the_cells_it_decides(criteria, tmp_pa
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate")
     common = SMALL + [f"results_dir={root / 'results'}", f"cache_dir={root / 'cache'}"]
-    code = main(["ablate", "-m", "study=criteria,shapes,losses,scratch,iterative,depth", "seed=0,1",
+    code = main(["ablate", "-m", "study=criteria,shapes,losses,scratch,iterative,depth,correction,shapes_long", "seed=0,1",
                  f"hydra.sweep.dir={root / 'sweep'}", *common])
     assert code == 0
     return root, common
@@ -84,18 +85,20 @@ def test_every_study_writes_its_cells_and_the_page_has_every_table(swept):
     root, _ = swept
     cells = sorted(p.parent.name for p in (root / "results" / "cells").glob("*/seed0.json"))
     # criteria (magnitude and the teacher's loss are deterministic cells), shapes, extra losses, scratch x1/x4, split
-    # and chain, hidden in 1/2/4 steps, depth block
-    assert len(cells) == 10 + 3 + 3 + 2 + 2 + 3 + 1
+    # and chain, hidden in 1/2/4 steps, depth block, correction off/on, width and depth past the crossover
+    assert len(cells) == 10 + 3 + 3 + 2 + 2 + 3 + 1 + 2 + 2
     assert all((root / "results" / "cells" / c / "seed1.json").is_file() for c in cells)
     page = (root / "results" / "results.md").read_text()
     for heading in ("## 1. Importance criteria", "## 2. Width vs depth", "## 3. Retraining loss",
                     "## 4. Pruned and distilled vs random init", "## 5. One-shot vs iterative",
-                    "## 6. Which layers a depth cut drops"):
+                    "## 6. Which layers a depth cut drops", "### Past the crossover: 8 steps",
+                    "## 7. Teacher correction on a shifted corpus"):
         assert heading in page
     assert "±" in page  # two seeds: mean and standard error
     assert "no test: 2 seed(s), at least 3 needed" in page  # and too few seeds for a verdict
     assert (root / "results" / "results-criteria.png").stat().st_size > 0
     assert (root / "results" / "results-curves.png").stat().st_size > 0
+    assert (root / "results" / "results-curves-long.png").stat().st_size > 0
     width = json.loads((root / "results" / "cells" / "distill-width-kl" / "seed0.json").read_text())
     assert [s for s, _ in width["curve"]] == [0, 2, 4]
     assert width["val_loss"] < width["zero_shot"]  # distillation helps even in 4 steps
@@ -108,12 +111,13 @@ def test_a_rerun_reuses_every_cell_and_report_rebuilds_the_page(swept, tmp_path,
     assert main(["ablate", "study=all", "seed=1", f"hydra.run.dir={tmp_path / 'again'}", *common]) == 0
     out = capsys.readouterr().out
     # the width/KL cell serves four studies, the teacher's cell every job
-    assert ": running" not in out and out.count(": cached") == 30
+    assert ": running" not in out and out.count(": cached") == 34
     page = tmp_path / "page.md"
     assert main(["ablate", "study=report", f"page={page}", f"hydra.run.dir={tmp_path / 'report'}", *common]) == 0
     # the same page, but its plots are named after it and written beside it
     assert page.read_text().replace("](./page-", "](./results-") == (root / "results" / "results.md").read_text()
     assert (tmp_path / "page-criteria.png").stat().st_size > 0 and (tmp_path / "page-curves.png").stat().st_size > 0
+    assert (tmp_path / "page-curves-long.png").stat().st_size > 0
 
 
 def test_bad_study_and_impossible_shape_are_one_line_errors(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """`minitron ablate`: the paper's findings at small scale (importance criteria, width vs depth, retraining loss,
 random init, one-shot vs iterative), mean and spread over seeds, on one results page.
 
-    minitron ablate -m study=criteria,shapes,losses,scratch,iterative,depth seed=0,1,2 page=docs/results.md
+    minitron ablate -m study=criteria,shapes,losses,scratch,iterative,depth,correction,shapes_long seed=0,1,2 page=docs/results.md
     minitron ablate study=shapes seed=2             # one more seed of one study; the page is rebuilt after it
     minitron ablate study=report page=docs/results.md
     minitron ablate -m setup=smollm2_135m seed=0,1,2,3,4 page=docs/real_criteria.md readme=README.md   # a real teacher

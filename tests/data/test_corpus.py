@@ -296,12 +296,30 @@ def test_hf_streaming_splits_match_the_map_style_ones(monkeypatch):
 
 def test_data_configs_share_their_keys():
     loaded = {p.stem: OmegaConf.load(p) for p in sorted(CONFIGS.glob("*.yaml"))}
-    assert set(loaded) == {"stdlib", "local", "hf"}
+    assert set(loaded) == {"stdlib", "package", "local", "hf"}
     keys = {name: sorted(OmegaConf.to_container(cfg).keys()) for name, cfg in loaded.items()}
-    assert keys["stdlib"] == keys["local"] == keys["hf"]
-    assert {name: cfg.source for name, cfg in loaded.items()} == {"stdlib": "stdlib", "local": "local", "hf": "hf"}
+    assert keys["stdlib"] == keys["package"] == keys["local"] == keys["hf"]
+    assert {name: cfg.source for name, cfg in loaded.items()} == {name: name for name in loaded}
     assert OmegaConf.is_missing(loaded["local"], "path") and OmegaConf.is_missing(loaded["hf"], "name")
     assert loaded["stdlib"].tokenizer.vocab_size == 4096 and loaded["stdlib"].seq_len == 256
+
+
+def test_a_package_corpus_is_its_modules_split_by_file(tmp_path, monkeypatch):
+    package = tmp_path / "shiftedpkg"
+    _write(package, {f"m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(40)} | {"notes.txt": "not code"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = OmegaConf.merge(OmegaConf.load(CONFIGS / "package.yaml"), {"name": "shiftedpkg"})
+    corpus = load_corpus(cfg)
+    texts = [t for split in corpus.splits.values() for t in split["text"]]
+    assert sorted(texts) == sorted(f"def f{i}():\n    return {i}\n" for i in range(40))  # the .py files only
+    assert len(corpus.splits["validation"]) >= 1 and corpus.fingerprint["package"] == "shiftedpkg"
+    assert corpus.key != load_corpus(OmegaConf.merge(cfg, {"validation_fraction": 0.2})).key
+
+
+@pytest.mark.parametrize("name", ["no_such_package_here", "json.decoder", "math"])
+def test_a_package_that_is_not_an_installed_folder_is_a_one_line_error(name):
+    with pytest.raises(MinitronError, match="data.name"):
+        load_corpus(OmegaConf.merge(OmegaConf.load(CONFIGS / "package.yaml"), {"name": name}))
 
 
 def test_data_config_group_composes_with_hydra(tmp_path):

@@ -1,4 +1,4 @@
-"""The paper's findings at small scale: five studies on one tiny teacher, each cell cached, one results page.
+"""The paper's findings at small scale: eight studies on one tiny teacher, each cell cached, one results page.
 
 `cells` computes and caches one (setting, seed) at a time, `studies` groups them and runs the job, `page` writes
 the results page and its plots from the cells alone.
@@ -14,8 +14,12 @@ Studies (`configs/ablate.yaml` sets the teacher, the shapes and the token budget
               the same distillation budget, with the validation curve during retraining (Table 10);
 - `losses`    the retraining loss: forward KL vs cross-entropy vs KL+CE vs KL+intermediate states (Table 15);
 - `scratch`   pruned+distilled vs the same architecture from random init on the same tokens and on 4x (Table 11);
-- `iterative` one-shot pruning vs two steps (prune halfway, distill, re-score, prune, distill) at the same
-              final shape and total budget.
+- `iterative` importance estimated in 1, 2 or 4 pruning steps; the 15B -> 8B -> 4B style chain; one-shot pruning
+              vs two steps that split the budget, all at the same final shape;
+- `depth`     the depth shape by individually chosen layers vs the contiguous block (the 2408 paper);
+- `correction` the width student distilled on a corpus unlike the teacher's (`correction.data`), from the teacher
+              as it is vs the teacher first corrected on that corpus (the 2408 paper's teacher correction);
+- `shapes_long` width vs depth retrained for `budget.long_steps`, past the step where the paper's curves cross.
 
 `teacher.path` may name a packaged pretrained model: `setup=smollm2_135m` (configs/setup/) runs the criteria
 study on SmolLM2-135M at three shapes and writes the criteria page (`page_layout=criteria`, `criteria_page`).

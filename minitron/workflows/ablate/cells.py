@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, TrainerCallback
 
 from minitron.checkpoint import LAYER_MAP, checkpoint_folder, load_checkpoint
 from minitron.config import compose, stable_hash, to_plain
-from minitron.data.calibration import Calibration, cache_root
+from minitron.data.calibration import Calibration, cache_root, packed_data
 from minitron.distill import distill, loss_spec
+from minitron.distill.recipe import correct_teacher, correction_settings
 from minitron.errors import MinitronError
 from minitron.importance import Importance, random_scores, score_model, weight_magnitude
 from minitron.io import write_json
@@ -44,6 +45,8 @@ AGGREGATORS = ("l2", "mean", "var")
 SHAPES = ("width", "depth", "width_depth")
 LOSSES = ("kl", "ce", "kl_ce", "kl_is")
 SCORING_STEPS = (1, 2, 4)
+LONG_SHAPES = ("width", "depth")  # the shapes whose curves cross in the paper, retrained for budget.long_steps
+CORRECTION = ("off", "on")  # the teacher as trained, and corrected on the shifted corpus first
 PAPER_BEST_AGGREGATION = ("l2", "mean")
 PAPER_PAIR = "-".join(PAPER_BEST_AGGREGATION)  # criterion names of activation scores are "BATCH-SEQUENCE"
 DATA_FREE = ("magnitude", "random")  # criteria that need no calibration data
@@ -141,7 +144,52 @@ def cell_specs(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     specs["distill-depth_block-kl"] = {"study": "distill", "shape": shape("depth"), "loss": "kl", "steps": steps,
                                        "train": train, "calib": calib, "curve_every": int(cfg.curve_every),
                                        "depth_metric": "contiguous", **evals}
+    for s in LONG_SHAPES:  # width vs depth past the paper's crossover
+        specs[f"long-{s}-kl"] = {"study": "distill", "shape": shape(s), "loss": "kl", "steps": long_steps(cfg),
+                                 "train": train, "calib": calib, "curve_every": int(cfg.curve_every), **evals}
+    shifted, (c_steps, c_lr, c_warmup) = to_plain(correction_data(cfg)), correction_schedule(cfg)
+    for c in CORRECTION:  # the width student on a corpus unlike the teacher's, from the teacher as is or corrected
+        specs[f"correction-{c}"] = {
+            "study": "correction", "shape": shape("width"), "loss": "kl", "steps": steps, "data": shifted,
+            "train": train, "calib": calib, "curve_every": int(cfg.curve_every), **evals,
+            **({"correction": {"steps": c_steps, "lr": c_lr, "warmup_steps": c_warmup}} if c == "on" else {})}
     return specs
+
+
+def long_steps(cfg: DictConfig) -> int:
+    """`budget.long_steps`, the retraining steps of the shapes_long study, checked."""
+    steps = cfg.budget.get("long_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise MinitronError(f"budget.long_steps={steps!r} must be a positive number of steps (e.g. 4 x budget.steps)")
+    return steps
+
+
+def correction_data(cfg: DictConfig) -> DictConfig:
+    """The correction study's corpus: the study's `data` with `correction.data` over it (the same sequence length
+    and tokenizer settings, another source)."""
+    shifted = OmegaConf.merge(cfg.data, cfg.correction.data)
+    if _corpus_identity(shifted) == _corpus_identity(cfg.data):
+        raise MinitronError("correction.data names the study's own corpus; the correction study needs another one "
+                            "(e.g. correction.data={source: package, name: numpy})")
+    return shifted
+
+
+def _corpus_identity(data: DictConfig) -> tuple:
+    """What names a data config's text (not how it is split or packed): the source and its name or path."""
+    source = data.get("source")
+    named = {"package": ("name",), "local": ("path",), "hf": ("name", "subset")}.get(source, ())
+    return (source, *(data.get(k) for k in named))
+
+
+def correction_schedule(cfg: DictConfig) -> tuple[int, float, int]:
+    """(steps, lr, warmup_steps) of the teacher correction; `correction.steps` null: the retraining budget."""
+    tc = OmegaConf.create(to_plain(cfg.correction))
+    if tc.get("steps") is None:
+        tc.steps = int(cfg.budget.steps)
+    try:
+        return correction_settings(tc)
+    except MinitronError as e:
+        raise MinitronError(str(e).replace("teacher_correction.", "correction.")) from None
 
 
 def criteria_shapes(cfg: DictConfig) -> list[str]:
@@ -473,6 +521,37 @@ def steps_cell(ctx: Context, k: int) -> dict[str, Any]:
                 "tokens": spec["steps"] * _tokens_per_step(ctx)}
 
     return run_cell(ctx, f"steps-{k}", compute)
+
+
+def correction_cell(ctx: Context, corrected: bool) -> dict[str, Any]:
+    """The width student distilled on `correction.data`, a corpus unlike the teacher's, from the teacher as it is
+    or first fine-tuned on that corpus (teacher correction, arXiv 2408.11796: `minitron distill`'s own
+    `correct_teacher`). In both cells the student is pruned from the teacher it is distilled from, with scores on
+    the shifted corpus, and every loss is measured on the same validation blocks of the shifted corpus."""
+    name = f"correction-{'on' if corrected else 'off'}"
+
+    def compute(spec: dict[str, Any]) -> dict[str, Any]:
+        shifted = dataclasses.replace(ctx, data=packed_data(OmegaConf.create(spec["data"]), ctx.cfg.cache_dir, ctx.tokenizer),
+                                      scores={})
+        work = _work(ctx, name)
+        correction_tokens = 0
+        if corrected:
+            tc = spec["correction"]
+            run = OmegaConf.create({"teacher_correction": tc, "data": spec["data"], "cache_dir": str(ctx.cfg.cache_dir),
+                                    "seed": ctx.seed, "train": _train_settings(ctx, tc["steps"]).mapping})
+            shifted.teacher = correct_teacher(run, ctx.teacher, work / "correction")
+            correction_tokens = tc["steps"] * _tokens_per_step(ctx)
+        teacher = shifted.load_teacher()
+        teacher_loss = shifted.val_loss(teacher)
+        student = prune(teacher, _activation_scores(shifted, teacher), spec["shape"])
+        before = shifted.val_loss(student)
+        after, curve = _distill(shifted, teacher, student, spec["steps"], "kl", work / "distill")
+        shutil.rmtree(work, ignore_errors=True)
+        return {"teacher_loss": teacher_loss, "zero_shot": before, "val_loss": after, "curve": [[0, before], *curve],
+                "parameters": student.num_parameters(), "tokens": spec["steps"] * _tokens_per_step(ctx),
+                "correction_tokens": correction_tokens}
+
+    return run_cell(ctx, name, compute)
 
 
 def _tokens_per_step(ctx: Context) -> int:

@@ -20,6 +20,8 @@ from minitron.config import to_plain
 from minitron.io import atomic_path, write_text
 from minitron.workflows.ablate.cells import (
     AGGREGATORS,
+    CORRECTION,
+    LONG_SHAPES,
     LOSSES,
     PAPER_BEST_AGGREGATION,
     SCORING_STEPS,
@@ -76,6 +78,44 @@ def crossover(cells: dict, a: str, b: str) -> int | None:
     return None
 
 
+def curve_tests(cells: dict, a: str, b: str) -> list[tuple[int, Comparison]]:
+    """Welch's test of `a`'s validation curve against `b`'s at every step that every seed of both recorded."""
+    ca = [{int(s): v for s, v in c.get("curve", [])} for c in cells.get(a, [])]
+    cb = [{int(s): v for s, v in c.get("curve", [])} for c in cells.get(b, [])]
+    if not ca or not cb:
+        return []
+    steps = sorted(set.intersection(*(set(c) for c in ca + cb)))
+    return [(s, Comparison.of([c[s] for c in ca], [c[s] for c in cb])) for s in steps]
+
+
+def significant_crossover(cells: dict, a: str, b: str) -> int | None:
+    """The first recorded step from which `a`'s curve is significantly below `b`'s (Welch, p < ALPHA) at every later
+    recorded step; None if there is none. The tie rule applied to `crossover`."""
+    tests = curve_tests(cells, a, b)
+    for i, (s, _) in enumerate(tests):
+        if all(c.a_lower for _, c in tests[i:]):
+            return s
+    return None
+
+
+def _crossover_text(cells: dict, a: str, b: str, names: tuple[str, str]) -> str:
+    """Where `a`'s curve overtakes `b`'s: by the means, and the step from which the test supports it."""
+    cross, tested = crossover(cells, a, b), significant_crossover(cells, a, b)
+    tests = curve_tests(cells, a, b)
+    last = f"at its last point, step {tests[-1][0]}: {tests[-1][1].test_text()}" if tests else "no common curve points"
+
+    def when(step: int) -> str:
+        return "from the start" if step == 0 else f"from step {step} on"
+
+    test = f"the test (Welch at every recorded step, p < {ALPHA})"
+    if cross is None:
+        return f"{names[0].capitalize()}'s mean curve does not stay below {names[1]}'s from any recorded step on ({last})."
+    if tested is None:
+        return (f"{names[0].capitalize()}'s mean curve stays below {names[1]}'s {when(cross)}, but {test} does not put it "
+                f"significantly below from any step on ({last}).")
+    return f"{names[0].capitalize()}'s mean curve stays below {names[1]}'s {when(cross)}; {test} supports it {when(tested)}."
+
+
 def plot_criteria(cells: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
@@ -95,7 +135,8 @@ def plot_criteria(cells: dict, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_curves(cells: dict, path: Path, basis: str = "the first curve_batches validation batches") -> None:
+def plot_curves(cells: dict, path: Path, basis: str = "the first curve_batches validation batches",
+                series: list[tuple[str, str]] | None = None) -> None:
     """Validation loss during retraining, from the first recorded training step. The curve points are measured on
     `basis` (a few validation batches, every `curve_every` steps); a cell's step-0 point is its zero-shot loss on
     the full validation set, a different basis, so it is left out here (the tables hold it)."""
@@ -103,8 +144,9 @@ def plot_curves(cells: dict, path: Path, basis: str = "the first curve_batches v
     import matplotlib.pyplot as plt  # after use("Agg"): pyplot picks its backend when first imported
 
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    series = [(f"distill-{s}-kl", s.replace("_", "+")) for s in SHAPES]
-    series += [("iterative-kl", "width, two steps"), ("scratch-x1", "width, random init")]
+    if series is None:
+        series = [(f"distill-{s}-kl", s.replace("_", "+")) for s in SHAPES]
+        series += [("iterative-kl", "width, two steps"), ("scratch-x1", "width, random init")]
     for name, label in series:
         curve = [(s, v) for s, v in mean_curve(cells, name) if s > 0]
         if curve:
@@ -130,11 +172,15 @@ def _save(fig, path: Path) -> None:
 def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Path) -> Path:
     """The results page (markdown) and its plots beside it, from the cells alone."""
     out = Path(out)
-    plots = {"criteria": out.with_name(out.stem + "-criteria.png"), "curves": out.with_name(out.stem + "-curves.png")}
+    plots = {"criteria": out.with_name(out.stem + "-criteria.png"), "curves": out.with_name(out.stem + "-curves.png"),
+             "long": out.with_name(out.stem + "-curves-long.png")}
+    basis = f"the first {int(cfg.curve_batches)} x {int(cfg.eval_batch_size)} validation blocks"
     if any(n.startswith("criteria-") for n in cells):
         plot_criteria(cells, plots["criteria"])
     if any(n.startswith(("distill-", "scratch-", "iterative-")) for n in cells):
-        plot_curves(cells, plots["curves"], f"the first {int(cfg.curve_batches)} x {int(cfg.eval_batch_size)} validation blocks")
+        plot_curves(cells, plots["curves"], basis)
+    if any(n.startswith("long-") for n in cells):
+        plot_curves(cells, plots["long"], basis, [(f"long-{s}-kl", s) for s in LONG_SHAPES])
     seeds = sorted({c["seed"] for group in cells.values() for c in group if c["seed"] is not None})
     seconds = sum(c["seconds"] for group in cells.values() for c in group)
     shapes = {s: to_plain(cfg.shapes[s]) for s in (*SHAPES, "iterative_mid")}
@@ -159,11 +205,12 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
         f"{int(cfg.eval_batches)} x {int(cfg.eval_batch_size)} blocks of {int(cfg.data.seq_len)} tokens; lower is better.")
     add("")
     L += _criteria_section(cells, shapes, plots["criteria"].name)
-    L += _shapes_section(cells, shapes, plots["curves"].name)
+    L += _shapes_section(cells, shapes, plots["curves"].name, plots["long"].name, int(cfg.budget.long_steps))
     L += _losses_section(cells)
     L += _scratch_section(cells, tokens)
     L += _iterative_section(cells, shapes)
     L += _depth_section(cells, shapes)
+    L += _correction_section(cells, cfg, tokens)
     write_text(out, "\n".join(L) + "\n")
     return out
 
@@ -243,10 +290,11 @@ def _criteria_section(cells: dict, shapes: dict, plot: str) -> list[str]:
     return L
 
 
-def _shapes_section(cells: dict, shapes: dict, plot: str) -> list[str]:
+def _shapes_section(cells: dict, shapes: dict, plot: str, long_plot: str, long_steps: int) -> list[str]:
     names = [f"distill-{s}-kl" for s in SHAPES]
+    long_run = all(f"long-{s}-kl" in cells for s in LONG_SHAPES)
     if not any(n in cells for n in names):
-        return []
+        return ["## 2. Width vs depth at equal size (the paper's Table 10)", "", *_long_section(cells, long_plot)] if long_run else []
     L = ["## 2. Width vs depth at equal size (the paper's Table 10)", "",
          "Activation scores (batch L2, sequence mean; layers dropped by Block Importance), then forward-KL distillation "
          "with the same budget.", "",
@@ -262,19 +310,41 @@ def _shapes_section(cells: dict, shapes: dict, plot: str) -> list[str]:
     L.append("")
     after, before = compare(cells, names[0], names[1]), compare(cells, names[0], names[1], "zero_shot")
     if after is not None and before is not None:
-        cross = crossover(cells, names[0], names[1])
         last = max((s for s, _ in mean_curve(cells, names[0])), default=0)
-        when = ("from the start" if cross == 0 else f"from step {cross} on" if cross is not None else "at no recorded step")
         verdict = ("width wins after retraining, as in the paper" if after.a_lower else
                    "depth wins after retraining, unlike the paper" if after.b_lower else
                    "no difference after retraining at this budget")
+        limit = ("The long run below continues past that point." if long_run else
+                 f"This budget ends at step {last}, short of twice the paper's crossover, so a later crossover would not "
+                 f"show here: `study=shapes_long` retrains both for budget.long_steps={long_steps}.")
         L.append(f"**Paper:** width beats depth after retraining (2.049 vs 2.155-2.177 LM loss); width starts worse and "
-                 f"overtakes after about 200 steps. **Here:** before retraining width {before.a.mean:.3f} vs depth "
-                 f"{before.b.mean:.3f} ({before.test_text()}); after {last} steps width {after.a.mean:.3f} vs depth "
-                 f"{after.b.mean:.3f} ({after.test_text()}): {verdict}. Width's mean curve stays below depth's {when}. "
-                 f"The paper's curves cross at about 200 of its steps; this budget ends at {last}, so a later crossover "
-                 "would not show here.")
+                 f"overtakes after about 200 of its ~400 steps. **Here:** before retraining width {before.a.mean:.3f} vs "
+                 f"depth {before.b.mean:.3f} ({before.test_text()}); after {last} steps width {after.a.mean:.3f} vs depth "
+                 f"{after.b.mean:.3f} ({after.test_text()}): {verdict}. "
+                 + _crossover_text(cells, names[0], names[1], ("width", "depth")) + " " + limit)
         L.append("")
+    if long_run:
+        L += _long_section(cells, long_plot)
+    return L
+
+
+def _long_section(cells: dict, plot: str) -> list[str]:
+    """Width vs depth retrained for budget.long_steps, past the step where the paper's curves cross."""
+    a, b = (f"long-{s}-kl" for s in LONG_SHAPES)
+    steps, tokens = cells[a][0].get("spec", {}).get("steps"), _tokens(cells, a)
+    L = [f"### Past the crossover: {steps} steps", "",
+         (f"The same two students retrained for {steps} steps ({tokens} tokens) instead of the budget: at least twice "
+          "the step at which the paper's curves cross (about 200 of its ~400 steps)."), "",
+         f"| axis | before retraining | after {steps} steps |", "|---|---|---|"]
+    L += [f"| {s} | {_cell(cells, n, 'zero_shot')} | {_cell(cells, n)} |" for s, n in zip(LONG_SHAPES, (a, b))]
+    L += ["", f"![retraining curves, long run](./{plot})", ""]
+    after = compare(cells, a, b)
+    verdict = ("width wins past the crossover, as in the paper" if after.a_lower else
+               "depth still wins, unlike the paper" if after.b_lower else
+               f"no difference after {steps} steps")
+    L.append(f"**Here, after {steps} steps:** width {after.a.mean:.3f} vs depth {after.b.mean:.3f} ({after.test_text()}): "
+             f"{verdict}. " + _crossover_text(cells, a, b, ("width", "depth")))
+    L.append("")
     return L
 
 
@@ -396,6 +466,41 @@ def _depth_section(cells: dict, shapes: dict) -> list[str]:
     return L
 
 
-def _tokens(cells: dict, name: str) -> str:
+def _correction_section(cells: dict, cfg: DictConfig, tokens: int) -> list[str]:
+    names = {c: f"correction-{c}" for c in CORRECTION}
+    if not all(n in cells for n in names.values()):
+        return []
+    on = cells[names["on"]][0]["spec"]
+    data, tc = on["data"], on["correction"]
+    corpus = f"the package `{data['name']}`'s modules" if data.get("source") == "package" else f"data.source={data['source']}"
+    L = ["## 7. Teacher correction on a shifted corpus (the 2408 paper)", "",
+         (f"The width student distilled for the budget ({tokens:,} tokens) on a corpus the teacher was not trained on "
+         f"({corpus}; `correction.data`), from the teacher as it is and from the teacher first fine-tuned on that corpus "
+         f"for {tc['steps']} steps ({_tokens(cells, names['on'], 'correction_tokens')} tokens) at LR {tc['lr']:g} "
+         f"(`correction.lr`; the paper uses 1/5 of the teacher's pretraining peak) after {tc['warmup_steps']} warm-up "
+         "step(s). Each student is pruned from "
+         "the teacher it is distilled from (activation scores on the shifted corpus); every loss here is on the same "
+         "validation blocks of the shifted corpus."), "",
+         "| teacher | teacher's loss | student, pruned | student after retraining |", "|---|---|---|---|"]
+    for c, label in zip(CORRECTION, ("as trained", "corrected")):
+        n = names[c]
+        L.append(f"| {label} | {_cell(cells, n, 'teacher_loss')} | {_cell(cells, n, 'zero_shot')} | {_cell(cells, n)} |")
+    L.append("")
+    own, teacher = _cell(cells, "teacher"), compare(cells, names["off"], names["on"], "teacher_loss")
+    student = compare(cells, names["off"], names["on"])
+    L.append(f"On its own validation blocks the teacher's loss is {own}. Correction changes the teacher's loss on the "
+             f"shifted corpus from {teacher.a.mean:.3f} to {teacher.b.mean:.3f} ({teacher.test_text()}).")
+    L.append("")
+    L.append("**Paper:** correcting the teacher on the distillation data first lowers the student's loss when that data "
+             f"differs from the teacher's pretraining data. **Here:** without correction {student.a.mean:.3f}, with "
+             f"{student.b.mean:.3f} ({student.test_text()}): "
+             + ("the corrected teacher's student is better, as in the paper." if student.b_lower else
+                "the uncorrected teacher's student is better, unlike the paper." if student.a_lower else
+                "no difference at this budget."))
+    L.append("")
+    return L
+
+
+def _tokens(cells: dict, name: str, field: str = "tokens") -> str:
     group = cells.get(name)
-    return f"{group[0]['tokens']:,}" if group and group[0].get("tokens") else "-"
+    return f"{group[0][field]:,}" if group and group[0].get(field) else "-"

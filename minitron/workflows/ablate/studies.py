@@ -1,4 +1,4 @@
-"""The five studies of `minitron ablate` and the job that runs them and rebuilds the results page."""
+"""The studies of `minitron ablate` and the job that runs them and rebuilds the results page."""
 
 from __future__ import annotations
 
@@ -17,12 +17,17 @@ from minitron.importance.plots import plot_depth, plot_importance
 from minitron.io import write_json
 from minitron.prune.dry_run import dry_run
 from minitron.workflows.ablate.cells import (
+    CORRECTION,
+    LONG_SHAPES,
     LOSSES,
     PAPER_PAIR,
     SCORING_STEPS,
     SHAPES,
     Context,
     build_teacher,
+    correction_cell,
+    correction_data,
+    correction_schedule,
     criteria_shapes,
     criterion_cell,
     depth_only,
@@ -31,6 +36,7 @@ from minitron.workflows.ablate.cells import (
     eval_blocks,
     iterative_cell,
     load_cells,
+    long_steps,
     scratch_cell,
     shape_criteria,
     steps_cell,
@@ -45,7 +51,7 @@ from minitron.workflows.ablate.criteria_page import (
 )
 from minitron.workflows.ablate.page import write_results
 
-STUDIES = ("criteria", "shapes", "losses", "scratch", "iterative", "depth")
+STUDIES = ("criteria", "shapes", "losses", "scratch", "iterative", "depth", "correction", "shapes_long")
 
 
 def run_study(ctx: Context, study: str) -> None:
@@ -72,15 +78,24 @@ def run_study(ctx: Context, study: str) -> None:
     elif study == "depth":
         distill_cell(ctx, "depth")
         distill_cell(ctx, "depth", name="distill-depth_block-kl")
+    elif study == "correction":
+        for c in CORRECTION:
+            correction_cell(ctx, corrected=c == "on")
+    elif study == "shapes_long":
+        for shape in LONG_SHAPES:
+            distill_cell(ctx, shape, name=f"long-{shape}-kl")
     else:
         raise MinitronError(f"study={study} is not a study; choose one of {', '.join(STUDIES)} (or all)")
 
 
 def check_criteria(cfg: DictConfig) -> None:
-    """The criteria settings and the evaluation stride, checked from the config alone."""
+    """The criteria, long-budget and correction settings and the evaluation stride, checked from the config alone."""
     for name in criteria_shapes(cfg):
         shape_criteria(cfg, name)
     depth_samples(cfg)
+    long_steps(cfg)
+    correction_data(cfg)
+    correction_schedule(cfg)
     stride = cfg.get("eval_stride", 1)
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise MinitronError(f"eval_stride={stride!r} must be an integer of at least 1 (1: the first blocks in order)")
