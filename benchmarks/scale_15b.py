@@ -58,9 +58,9 @@ def _source_config(model: str):
 
 def _expected_parameters(model: str, target: str) -> int:
     """The pruned parameter count from the config alone (`minitron prune dry_run=true`)."""
-    from minitron.workflows.prune import target_of
     from minitron.config import compose
     from minitron.prune.dry_run import dry_run
+    from minitron.workflows.prune import target_of
 
     return dry_run(_source_config(model), target_of(compose("prune", [f"target={target}", f"model={model}"])))["pruned_parameters"]
 
@@ -71,13 +71,15 @@ def stage_write(folder: Path, model: str, seed: int, shard_size: str) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from minitron.train.pretrain import teacher_path  # noqa: F401  (the CLI's own imports, warmed up once)
+    from minitron.checkpoint import parse_size, write_safetensors_streaming
     from minitron.config import compose
     from minitron.data import load_corpus
     from minitron.models import get_adapter
-    from minitron.checkpoint import parse_size
-    from minitron.prune.export import INDEX, _shard_plan, write_safetensors_streaming
-    from minitron.train.pretrain import load_tokenizer
+    from minitron.prune.export import INDEX, _shard_plan
+    from minitron.train.pretrain import (
+        load_tokenizer,
+        teacher_path,  # noqa: F401  (the CLI's own imports, warmed up once)
+    )
 
     config = _source_config(model)
     adapter = get_adapter(config)

@@ -19,8 +19,13 @@ import torch
 from huggingface_hub import snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from safetensors import safe_open
-from safetensors.torch import save_file
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from minitron.errors import MinitronError, first_line, hub_problem
 from minitron.io import atomic_path
@@ -28,6 +33,13 @@ from minitron.models import get_adapter
 
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 # floating-point dtypes as a safetensors header names them
+# bytes per element of each safetensors dtype name
+SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1,
+}
+
+
 SAFETENSORS_FLOATS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 # The config attribute a depth-pruned model records which source layer each of its layers is:
 # {"source_num_hidden_layers": L, "source_layers": [0-based source index of layer 0, 1, ...]}. Stock transformers
@@ -260,6 +272,33 @@ def save_checkpoint(
     return Path(out)
 
 
+def write_safetensors_streaming(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], produce,
+                                metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whose tensors are produced one at a time by `produce(name)`, so that only one
+    tensor is in memory. `specs` maps each name to its (safetensors dtype, shape), known before any data: the
+    header (8-byte little-endian length, then JSON with each tensor's byte range) is written first."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
+    offset = 0
+    for name, (dtype, shape) in specs.items():
+        numel = 1
+        for d in shape:
+            numel *= d
+        size = numel * SAFETENSORS_DTYPES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for name, (_, shape) in specs.items():
+            tensor = produce(name)
+            if tuple(tensor.shape) != tuple(shape):
+                raise MinitronError(f"tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
+            del tensor  # released before the next one is read
+
+
 def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
     """Rewrite the floating-point tensors of the safetensors checkpoint in `folder` in `dtype`, and its config's dtype,
     in place (each file replaced atomically; the config last). Training keeps float32 master weights under bf16
@@ -275,11 +314,16 @@ def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
             kinds = {k: f.get_slice(k).get_dtype() for k in names}
             if all(kind == wanted or kind not in SAFETENSORS_FLOATS for kind in kinds.values()):
                 continue
-            # one tensor at a time: the file's own copy and the cast one never both exist whole
-            tensors = {k: f.get_tensor(k).to(torch_dtype) if kinds[k] in SAFETENSORS_FLOATS else f.get_tensor(k)
-                       for k in names}
-        with atomic_path(file) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+            specs = {k: (wanted if kinds[k] in SAFETENSORS_FLOATS else kinds[k], tuple(f.get_slice(k).get_shape()))
+                     for k in names}
+
+            def produce(name: str, f=f) -> torch.Tensor:
+                tensor = f.get_tensor(name)
+                return tensor.to(torch_dtype) if kinds[name] in SAFETENSORS_FLOATS else tensor
+
+            # one tensor at a time: neither the file's tensors nor the cast ones ever exist whole in memory
+            with atomic_path(file) as tmp:
+                write_safetensors_streaming(tmp, specs, produce, metadata)
     config = json.loads((folder / "config.json").read_text())
     if config.get("dtype", config.get("torch_dtype")) != dtype:
         config["dtype"] = dtype

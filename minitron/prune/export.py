@@ -17,7 +17,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel
 
-from minitron.checkpoint import output_folder, parse_size
+from minitron.checkpoint import (
+    SAFETENSORS_DTYPES,
+    output_folder,
+    parse_size,
+    write_safetensors_streaming,
+)
 from minitron.errors import MinitronError
 from minitron.prune.plan import PrunePlan, make_plan
 
@@ -63,7 +68,7 @@ class CheckpointReader:
         """The safetensors dtype name of `name` (read from the header only)."""
         with safe_open(str(self.folder / self.weight_map[name]), framework="pt", device="cpu") as f:
             dtype = f.get_slice(name).get_dtype()
-        if dtype not in _SAFETENSORS_DTYPES:
+        if dtype not in SAFETENSORS_DTYPES:
             raise MinitronError(f"tensor '{name}' has dtype {dtype}, which the streaming export does not handle")
         return dtype
 
@@ -72,12 +77,6 @@ class CheckpointReader:
             raise MinitronError(f"teacher checkpoint {self.folder} has no tensor '{name}'")
         with safe_open(str(self.folder / self.weight_map[name]), framework="pt", device="cpu") as f:
             return f.get_tensor(name)
-
-
-_SAFETENSORS_DTYPES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "F8_E4M3": 1, "F8_E5M2": 1,
-}
 
 
 def _shard_plan(sizes: dict[str, int], limit: int) -> list[list[str]]:
@@ -91,32 +90,6 @@ def _shard_plan(sizes: dict[str, int], limit: int) -> list[list[str]]:
         shards[-1].append(name)
         used += size
     return shards
-
-
-def write_safetensors_streaming(path: Path, specs: dict[str, tuple[str, tuple[int, ...]]], produce) -> None:
-    """Write a safetensors file whose tensors are produced one at a time by `produce(name)`, so that only one
-    tensor is in memory. `specs` maps each name to its (safetensors dtype, shape), known before any data: the
-    header (8-byte little-endian length, then JSON with each tensor's byte range) is written first."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, (dtype, shape) in specs.items():
-        numel = 1
-        for d in shape:
-            numel *= d
-        size = numel * _SAFETENSORS_DTYPES[dtype]
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for name, (_, shape) in specs.items():
-            tensor = produce(name)
-            if tuple(tensor.shape) != tuple(shape):
-                raise MinitronError(f"pruned tensor '{name}' has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)  # no copy
-            del tensor  # released before the next one is read
 
 
 def prune_checkpoint_streaming(
@@ -150,7 +123,7 @@ def prune_checkpoint_streaming(
             numel = 1
             for d in stored:
                 numel *= d
-            specs[key], sizes[key], owner[key] = (dtype, stored), numel * _SAFETENSORS_DTYPES[dtype], name
+            specs[key], sizes[key], owner[key] = (dtype, stored), numel * SAFETENSORS_DTYPES[dtype], name
     shards = _shard_plan(sizes, parse_size(max_shard_size))
     files = [WEIGHTS] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     pending: dict[str, dict[str, torch.Tensor]] = {}  # the stored parts of a model tensor not yet written

@@ -16,10 +16,10 @@ from transformers import (
     NemotronForTokenClassification,
 )
 
+from minitron.checkpoint import parse_size, save_checkpoint
 from minitron.errors import MinitronError
 from minitron.models.tiny import tiny_model
 from minitron.prune import prune
-from minitron.checkpoint import parse_size, save_checkpoint
 from minitron.prune.export import load_key_mapping, prune_checkpoint_streaming
 
 TARGET = {"hidden_size": 24, "intermediate_size": 0.5, "num_attention_heads": 2, "num_hidden_layers": 1}
@@ -188,8 +188,8 @@ def test_streaming_holds_one_tensor_at_a_time(teacher_dir, tmp_path, monkeypatch
 def test_depth_prune_records_the_kept_layer_map_in_config_json(teacher, tmp_path):
     """Which teacher layer each kept layer is travels in config.json (an attribute stock transformers keeps), from
     the in-memory and the streaming export alike; width-only pruning records nothing."""
-    from minitron.prune import make_plan
     from minitron.checkpoint import LAYER_MAP, layer_map
+    from minitron.prune import make_plan
 
     model, tokenizer, imp = teacher
     keep = make_plan(model.config, imp, TARGET).keep_layers
@@ -223,3 +223,36 @@ def test_cast_checkpoint_reads_only_headers_when_nothing_changes_and_casts_float
     out = load_file(str(tmp_path / "model.safetensors"))
     assert out["w"].dtype == torch.bfloat16 and out["ids"].dtype == torch.int64
     assert torch.equal(out["w"].float(), torch.ones(2, 3)) and torch.equal(out["ids"], torch.arange(3))
+
+
+def test_cast_checkpoint_streams_each_tensor_and_keeps_the_metadata(tmp_path, monkeypatch):
+    """The cast file is written tensor by tensor (at most one source tensor read at a time), keeps the file's
+    metadata, and equals `tensor.to(dtype)` exactly."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    import minitron.checkpoint as ckpt
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(5, 7, generator=g), "b": torch.randn(3, generator=g), "n": torch.arange(4)}
+    (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt", "note": "kept"})
+    reads = []
+    real = ckpt.write_safetensors_streaming
+
+    def spy(path, specs, produce, metadata=None):
+        def counted(name):
+            reads.append(name)
+            return produce(name)
+        real(path, specs, counted, metadata)
+
+    monkeypatch.setattr(ckpt, "write_safetensors_streaming", spy)
+    ckpt.cast_checkpoint(tmp_path, "bfloat16")
+    assert sorted(reads) == ["a", "b", "n"]
+    out = load_file(str(tmp_path / "model.safetensors"))
+    for name, tensor in tensors.items():
+        expected = tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+        assert out[name].dtype == expected.dtype and torch.equal(out[name], expected), name
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert f.metadata()["note"] == "kept"
+    assert '"dtype": "bfloat16"' in (tmp_path / "config.json").read_text()
