@@ -23,6 +23,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GenerationConfig,
     PretrainedConfig,
     PreTrainedModel,
 )
@@ -189,6 +190,8 @@ def _load_zero3_partitions(local: Path, dtype: torch.dtype, trust_remote_code: b
         return None
     for name, param in params.items():
         _read_partition(files[name], name, param)
+    if (local / "generation_config.json").is_file():  # as from_pretrained: a saved student keeps the source's
+        model.generation_config = GenerationConfig.from_pretrained(str(local))
     model.eval()
     return model
 
@@ -317,7 +320,7 @@ def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
             specs = {k: (wanted if kinds[k] in SAFETENSORS_FLOATS else kinds[k], tuple(f.get_slice(k).get_shape()))
                      for k in names}
 
-            def produce(name: str, f=f) -> torch.Tensor:
+            def produce(name: str, f=f, kinds=kinds) -> torch.Tensor:
                 tensor = f.get_tensor(name)
                 return tensor.to(torch_dtype) if kinds[name] in SAFETENSORS_FLOATS else tensor
 

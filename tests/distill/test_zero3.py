@@ -55,6 +55,7 @@ def test_models_are_created_partitioned_and_the_chunked_loss_equals_the_plain_on
                 assert p["numel"] == 0 and p["status"] == "ZeroParamStatus.NOT_AVAILABLE", (which, p)
                 assert p["partition"] == math.ceil(p["ds_numel"] / 2), (which, p)
         assert record["read_by_partition"] and record["max_diff"] == {"teacher": 0.0, "student": 0.0}, record["max_diff"]
+        assert record["generation_config"] == [True, True]  # the folders' generation settings, as from_pretrained
         # the teacher in the training dtype (bf16 when bf16 is on), never in float32 then
         assert {p["dtype"] for p in record["teacher"]} == {"torch.bfloat16" if bf16 else "torch.float32"}
     rtol = 2e-2 if bf16 else 1e-5

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from deepspeed.utils import safe_get_full_grad
 from safetensors.torch import load_file
+from transformers import GenerationConfig
 
 from minitron.checkpoint import _load_zero3_partitions
 from minitron.config import compose, to_plain
@@ -48,6 +49,10 @@ def main() -> None:
     # each rank read its own partitions from the files (minitron.checkpoint._load_zero3_partitions): gathered, the
     # weights are the checkpoint's, in the dtype each model was created in
     record["read_by_partition"] = _load_zero3_partitions(Path(teacher_dir), torch.float32, False) is not None
+    # the folder's generation settings come with the model, as from_pretrained gives them
+    record["generation_config"] = [(Path(d) / "generation_config.json").is_file()
+                                   and m.generation_config.to_diff_dict() == GenerationConfig.from_pretrained(d).to_diff_dict()
+                                   for m, d in ((teacher, teacher_dir), (student, student_dir))]
     record["max_diff"] = {}
     for which, model, folder in (("teacher", teacher, teacher_dir), ("student", student, student_dir)):
         saved = load_file(str(Path(folder) / "model.safetensors"))
