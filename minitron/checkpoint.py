@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ SAFETENSORS_DTYPES = {
 }
 
 
+# the safetensors names of the dtypes a checkpoint may be cast to
+FLOAT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 SAFETENSORS_FLOATS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
 # The config attribute a depth-pruned model records which source layer each of its layers is:
 # {"source_num_hidden_layers": L, "source_layers": [0-based source index of layer 0, 1, ...]}. Stock transformers
@@ -302,31 +304,43 @@ def write_safetensors_streaming(path: Path, specs: dict[str, tuple[str, tuple[in
             del tensor  # released before the next one is read
 
 
+def rewrite_safetensors(file: Path, new_dtype: Callable[[str, str], str | None]) -> bool:
+    """Rewrite the safetensors `file` in place, tensor by tensor: `new_dtype(name, dtype)` gives each tensor's
+    safetensors dtype in the new file (its own to keep it, another to cast it) or None to drop it. Decided from the
+    header alone: when nothing changes the file is not read or written (False). Otherwise one tensor is in memory
+    at a time, neither the file's tensors nor the new ones ever whole, and the file is replaced atomically (True)."""
+    with safe_open(str(file), "pt") as f:
+        metadata = f.metadata()
+        specs, changed = {}, False
+        for k in f.keys():
+            piece = f.get_slice(k)
+            kind = piece.get_dtype()
+            new = new_dtype(k, kind)
+            changed = changed or new != kind
+            if new is not None:
+                specs[k] = (new, tuple(piece.get_shape()))
+        if not changed:
+            return False
+
+        def produce(name: str) -> torch.Tensor:
+            tensor = f.get_tensor(name)
+            to = FLOAT_DTYPES.get(specs[name][0])
+            return tensor if to is None else tensor.to(to)
+
+        with atomic_path(file) as tmp:
+            write_safetensors_streaming(tmp, specs, produce, metadata)
+    return True
+
+
 def cast_checkpoint(folder: str | os.PathLike, dtype: str) -> None:
     """Rewrite the floating-point tensors of the safetensors checkpoint in `folder` in `dtype`, and its config's dtype,
     in place (each file replaced atomically; the config last). Training keeps float32 master weights under bf16
     mixed precision; this saves the result in the dtype a run asked for, leaving the folder's other files alone."""
     torch_dtype = check_dtype(dtype)
     folder = Path(folder)
-    wanted = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}[torch_dtype]
+    wanted = next(name for name, d in FLOAT_DTYPES.items() if d == torch_dtype)
     for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as f:
-            metadata = f.metadata()
-            names = f.keys()
-            # the header gives every dtype: a file already in `dtype` is not read (a whole model in memory otherwise)
-            kinds = {k: f.get_slice(k).get_dtype() for k in names}
-            if all(kind == wanted or kind not in SAFETENSORS_FLOATS for kind in kinds.values()):
-                continue
-            specs = {k: (wanted if kinds[k] in SAFETENSORS_FLOATS else kinds[k], tuple(f.get_slice(k).get_shape()))
-                     for k in names}
-
-            def produce(name: str, f=f, kinds=kinds) -> torch.Tensor:
-                tensor = f.get_tensor(name)
-                return tensor.to(torch_dtype) if kinds[name] in SAFETENSORS_FLOATS else tensor
-
-            # one tensor at a time: neither the file's tensors nor the cast ones ever exist whole in memory
-            with atomic_path(file) as tmp:
-                write_safetensors_streaming(tmp, specs, produce, metadata)
+        rewrite_safetensors(file, lambda name, kind: wanted if kind in SAFETENSORS_FLOATS else kind)
     config = json.loads((folder / "config.json").read_text())
     if config.get("dtype", config.get("torch_dtype")) != dtype:
         config["dtype"] = dtype

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, TrainingArguments
 
+from minitron.checkpoint import layer_map, load_model, rewrite_safetensors
+from minitron.config import to_plain
 from minitron.distill.chunked import chunked_logit_loss
 from minitron.distill.losses import (
     DistillLossSpec,
@@ -39,8 +39,6 @@ from minitron.distill.losses import (
     logit_loss,
     shift_labels,
 )
-from minitron.checkpoint import layer_map, load_model
-from minitron.config import to_plain
 from minitron.errors import MinitronError
 from minitron.io import write_json
 from minitron.train.settings import TrainSettings
@@ -389,14 +387,8 @@ def distill(
 def _drop_projection(folder: Path) -> None:
     """The learned state projection is a training aid, not part of the student: remove it from the weights."""
     for f in folder.glob("*.safetensors"):
-        with safe_open(str(f), framework="pt") as handle:  # reads the header only
-            names = handle.keys()
-        has_projection = any(k.startswith(PROJECTION + ".") for k in names)
-        if not has_projection:
-            continue  # no copy of the weights in memory just to find nothing to drop (a whole student otherwise)
-        tensors = load_file(str(f))
-        kept = {k: v for k, v in tensors.items() if not k.startswith(PROJECTION + ".")}
-        save_file(kept, str(f), metadata={"format": "pt"})
+        # header first: a file without the projection is not read; one with it is rewritten tensor by tensor
+        rewrite_safetensors(f, lambda name, kind: None if name.startswith(PROJECTION + ".") else kind)
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         data = json.loads(index.read_text())
