@@ -167,8 +167,10 @@ def _vocab_child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int, re
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = _rss_bytes()
+        # reset first, then read the base: the high-water mark starts at the resident size it was reset at, so the
+        # peak can never read below the base (read the other way round, memory freed in between made it negative)
         _reset_peak_rss()
+        base = _rss_bytes()
     times = []
     for _ in range(repeats):
         clear()
@@ -181,7 +183,7 @@ def _vocab_child(kind: str, vocab: int, tokens: int, hidden: int, chunk: int, re
         peak = torch.cuda.max_memory_allocated()
     else:
         peak = _peak_rss()
-    return {"kind": kind, "seconds": statistics.median(times), "peak_bytes": peak - base}
+    return {"kind": kind, "seconds": statistics.median(times), "peak_bytes": max(peak - base, 0)}
 
 
 def vocab_loss(vocab: int, tokens: int, hidden: int, chunk: int, repeats: int, device: str, kinds: list[str]) -> dict:
