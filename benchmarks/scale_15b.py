@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -71,11 +72,10 @@ def stage_write(folder: Path, model: str, seed: int, shard_size: str) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from minitron.checkpoint import parse_size, write_safetensors_streaming
+    from minitron.checkpoint import write_weights_streaming
     from minitron.config import compose
     from minitron.data import load_corpus
     from minitron.models import get_adapter
-    from minitron.prune.export import INDEX, _shard_plan
     from minitron.train.pretrain import (
         load_tokenizer,
         teacher_path,  # noqa: F401  (the CLI's own imports, warmed up once)
@@ -85,14 +85,8 @@ def stage_write(folder: Path, model: str, seed: int, shard_size: str) -> dict:
     adapter = get_adapter(config)
     shapes = adapter.tensor_shapes()
     std = float(config.initializer_range)
-    sizes = {}
-    for name, shape in shapes.items():
-        numel = 1
-        for d in shape:
-            numel *= d
-        sizes[name] = 2 * numel
-    shards = _shard_plan(sizes, parse_size(shard_size))
-    files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    specs = {name: ("BF16", tuple(shape)) for name, shape in shapes.items()}
+    sizes = {name: 2 * math.prod(shape) for name, shape in shapes.items()}
     bar = tqdm(total=sum(sizes.values()), unit="B", unit_scale=True, desc="write random 15B checkpoint")
 
     def produce(name: str) -> torch.Tensor:
@@ -107,19 +101,15 @@ def stage_write(folder: Path, model: str, seed: int, shard_size: str) -> dict:
 
     tmp = folder.with_name(folder.name + ".partial")
     tmp.mkdir(parents=True)
-    weight_map = {}
-    for names, file in zip(shards, files):
-        write_safetensors_streaming(tmp / file, {n: ("BF16", tuple(shapes[n])) for n in names}, produce)
-        weight_map.update({n: file for n in names})
+    write_weights_streaming(tmp, specs, produce, shard_size)
     bar.close()
-    index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
-    (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     cfg = compose("pretrain", [])
     tokenizer, _ = load_tokenizer(cfg, load_corpus(cfg.data))
     tokenizer.save_pretrained(str(tmp))
     config.save_pretrained(str(tmp))
     os.replace(tmp, folder)
-    return {"parameters": adapter.num_parameters(), "bytes": sum(sizes.values()), "shards": len(files)}
+    return {"parameters": adapter.num_parameters(), "bytes": sum(sizes.values()),
+            "shards": len(list(folder.glob("*.safetensors")))}
 
 
 def stage_check(folder: Path) -> dict:

@@ -304,11 +304,115 @@ def write_safetensors_streaming(path: Path, specs: dict[str, tuple[str, tuple[in
             del tensor  # released before the next one is read
 
 
+WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+def shard_plan(sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Group tensor names, in order, into shards of at most `limit` bytes (a larger tensor gets its own)."""
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, size in sizes.items():
+        if shards[-1] and used + size > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def write_weights_streaming(folder: Path, specs: dict[str, tuple[str, tuple[int, ...]]], produce,
+                            max_shard_size: int | str = "5GB") -> None:
+    """The weights of a checkpoint in `folder` as `save_pretrained` lays them out (one `model.safetensors`, or
+    `model-0000i-of-0000n.safetensors` and `model.safetensors.index.json` above `max_shard_size`), each tensor
+    produced by `produce(name)` in the order of `specs` and written before the next (`write_safetensors_streaming`)."""
+    sizes = {}
+    for name, (dtype, shape) in specs.items():
+        numel = 1
+        for d in shape:
+            numel *= d
+        sizes[name] = numel * SAFETENSORS_DTYPES[dtype]
+    shards = shard_plan(sizes, parse_size(max_shard_size))
+    files = [WEIGHTS] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for names, file in zip(shards, files):
+        write_safetensors_streaming(folder / file, {n: specs[n] for n in names}, produce)
+        weight_map.update({n: file for n in names})
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def save_zero3_partitioned(model: PreTrainedModel, folder: Path, *, write: bool, max_shard_size: int | str = "5GB") -> bool:
+    """`save_pretrained` of a model whose parameters DeepSpeed ZeRO-3 partitions over the ranks, without ever
+    holding it whole. False (nothing done) when the model's family has no adapter: the caller saves it another way.
+
+    transformers saves such a model by gathering its whole state dict into rank 0's memory first
+    (`stage3_gather_16bit_weights_on_model_save`): a whole model on one rank, the peak of a partitioned run. Here
+    every rank gathers the parameters one at a time, in the same order (each gather is a collective call), and the
+    rank with `write` appends each to its shard file and lets it go: no rank holds more than one whole tensor (and
+    its stored parts). Keys and layout are the family's checkpoint layout (`FamilyAdapter.to_stored`, e.g. one key
+    per expert for a fused MoE parameter), tied weights once; the config and generation config as save_pretrained
+    writes them, with the config's dtype that of the saved floats. Every rank must call this.
+    """
+    import deepspeed
+
+    try:
+        adapter = get_adapter(model)
+    except MinitronError:
+        return False
+    params = dict(model.named_parameters())  # tied weights once, under their first name (as save_pretrained keeps)
+    kept = set(model.state_dict())
+    buffers = {n: b for n, b in model.named_buffers() if n in kept}  # persistent buffers: whole on every rank
+    tensors = {**params, **buffers}
+    to_name = {v: k for k, v in FLOAT_DTYPES.items()}
+    specs: dict[str, tuple[str, tuple[int, ...]]] = {}
+    owner: dict[str, str] = {}  # stored key -> the model tensor it is part of
+    for name, tensor in tensors.items():
+        shape = tuple(getattr(tensor, "ds_shape", tensor.shape))
+        if tensor.dtype not in to_name:
+            raise MinitronError(f"cannot save '{name}' of dtype {tensor.dtype} from a ZeRO-3 partitioned model")
+        for key, stored in adapter.stored_shapes(name, shape).items():
+            specs[key], owner[key] = (to_name[tensor.dtype], tuple(stored)), name
+    pending: dict[str, dict[str, torch.Tensor]] = {}
+
+    def produce(key: str) -> torch.Tensor:
+        name = owner[key]
+        if name not in pending:
+            tensor = tensors[name]
+            with deepspeed.zero.GatheredParameters([tensor] if name in params else [], modifier_rank=None):
+                whole = tensor.data.detach().to("cpu", copy=True) if write else None
+            if not write:
+                return None
+            pending[name] = adapter.to_stored(name, whole)
+        part = pending[name].pop(key)
+        if not pending[name]:
+            del pending[name]
+        return part
+
+    if not write:
+        for key in specs:  # the same gathers, in the same order, as the writing rank
+            produce(key)
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    write_weights_streaming(folder, specs, produce, max_shard_size)
+    floats = {tensor.dtype for tensor in tensors.values() if tensor.is_floating_point()}
+    config = model.config
+    config.architectures = [type(model).__name__]
+    if len(floats) == 1:
+        config.dtype = str(next(iter(floats))).removeprefix("torch.")
+    config.save_pretrained(folder)
+    if model.can_generate() and getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    return True
+
+
 def rewrite_safetensors(file: Path, new_dtype: Callable[[str, str], str | None]) -> bool:
     """Rewrite the safetensors `file` in place, tensor by tensor: `new_dtype(name, dtype)` gives each tensor's
     safetensors dtype in the new file (its own to keep it, another to cast it) or None to drop it. Decided from the
     header alone: when nothing changes the file is not read or written (False). Otherwise one tensor is in memory
-    at a time, neither the file's tensors nor the new ones ever whole, and the file is replaced atomically (True)."""
+    at a time (the old file mapped for one tensor at a time), neither the file's tensors nor the new ones ever whole,
+    and the file is replaced atomically (True)."""
     with safe_open(str(file), "pt") as f:
         metadata = f.metadata()
         specs, changed = {}, False
@@ -319,16 +423,19 @@ def rewrite_safetensors(file: Path, new_dtype: Callable[[str, str], str | None])
             changed = changed or new != kind
             if new is not None:
                 specs[k] = (new, tuple(piece.get_shape()))
-        if not changed:
-            return False
+    if not changed:
+        return False
 
-        def produce(name: str) -> torch.Tensor:
-            tensor = f.get_tensor(name)
-            to = FLOAT_DTYPES.get(specs[name][0])
-            return tensor if to is None else tensor.to(to)
+    def produce(name: str) -> torch.Tensor:
+        # the file opened for this tensor only: a memory map kept open for the whole rewrite would hold every page
+        # read so far in the resident set, the whole file by the end
+        with safe_open(str(file), "pt") as one:
+            tensor = one.get_tensor(name)
+        to = FLOAT_DTYPES.get(specs[name][0])
+        return tensor if to is None else tensor.to(to)
 
-        with atomic_path(file) as tmp:
-            write_safetensors_streaming(tmp, specs, produce, metadata)
+    with atomic_path(file) as tmp:
+        write_safetensors_streaming(tmp, specs, produce, metadata)
     return True
 
 

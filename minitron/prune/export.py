@@ -18,10 +18,11 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from minitron.checkpoint import (
+    INDEX,
     SAFETENSORS_DTYPES,
+    WEIGHTS,
     output_folder,
-    parse_size,
-    write_safetensors_streaming,
+    write_weights_streaming,
 )
 from minitron.errors import MinitronError
 from minitron.prune.plan import PrunePlan, make_plan
@@ -29,8 +30,6 @@ from minitron.prune.plan import PrunePlan, make_plan
 if TYPE_CHECKING:
     from minitron.importance import Importance
 
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
 
 
 def load_key_mapping(cls: type[PreTrainedModel], checkpoint_prefix: str = "model") -> dict[str, str] | None:
@@ -79,19 +78,6 @@ class CheckpointReader:
             return f.get_tensor(name)
 
 
-def _shard_plan(sizes: dict[str, int], limit: int) -> list[list[str]]:
-    """Group tensor names, in order, into shards of at most `limit` bytes (a larger tensor gets its own)."""
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name, size in sizes.items():
-        if shards[-1] and used + size > limit:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += size
-    return shards
-
-
 def prune_checkpoint_streaming(
     teacher: str | os.PathLike,
     importance: Importance | None,
@@ -110,7 +96,6 @@ def prune_checkpoint_streaming(
     reader = CheckpointReader(teacher)
     source_adapter, pruned_adapter = plan.adapter, plan.pruned_adapter
     specs: dict[str, tuple[str, tuple[int, ...]]] = {}
-    sizes: dict[str, int] = {}
     owner: dict[str, str] = {}  # stored key -> the pruned model tensor it is part of
     for name, shape in pruned_adapter.tensor_shapes().items():
         source = plan.source_name(name)
@@ -120,12 +105,7 @@ def prune_checkpoint_streaming(
         dtype = reader.dtype(parts[0])
         # Written as `save_pretrained` writes it (e.g. one key per expert for a fused MoE parameter).
         for key, stored in pruned_adapter.stored_shapes(name, shape).items():
-            numel = 1
-            for d in stored:
-                numel *= d
-            specs[key], sizes[key], owner[key] = (dtype, stored), numel * SAFETENSORS_DTYPES[dtype], name
-    shards = _shard_plan(sizes, parse_size(max_shard_size))
-    files = [WEIGHTS] if len(shards) == 1 else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+            specs[key], owner[key] = (dtype, stored), name
     pending: dict[str, dict[str, torch.Tensor]] = {}  # the stored parts of a model tensor not yet written
 
     def produce(key: str) -> torch.Tensor:
@@ -140,13 +120,7 @@ def prune_checkpoint_streaming(
         return part
 
     with output_folder(out, overwrite=overwrite) as tmp:
-        weight_map = {}
-        for names, file in zip(shards, files):
-            write_safetensors_streaming(tmp / file, {n: specs[n] for n in names}, produce)
-            weight_map.update({n: file for n in names})
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": dict(sorted(weight_map.items()))}
-            (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_weights_streaming(tmp, specs, produce, max_shard_size)
         new_config = plan.config
         new_config.architectures = list(getattr(config, "architectures", None) or [])
         new_config.save_pretrained(tmp)

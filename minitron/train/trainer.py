@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.integrations import WandbCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from minitron.checkpoint import save_zero3_partitioned
 from minitron.errors import MinitronError
 from minitron.io import atomic_path, write_json, write_text
 from minitron.train.settings import TrainSettings
@@ -80,6 +81,18 @@ class LossTrainer(Trainer):
         for k, v in extra.items():
             self._extra.setdefault(k, []).append(float(v))
         return (loss, None) if return_outputs else loss
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Under ZeRO-3, the model saved one gathered tensor at a time (`save_zero3_partitioned`): the Trainer's own
+        save first gathers the whole model on rank 0, the largest allocation of a partitioned run. Elsewhere, and
+        for a family without an adapter, the Trainer's save."""
+        if self.is_deepspeed_enabled and self.accelerator.deepspeed_plugin.zero_stage == 3:
+            out = Path(output_dir or self.args.output_dir)
+            if save_zero3_partitioned(self.model, out, write=self.args.should_save):
+                if self.args.should_save and self.processing_class is not None:
+                    self.processing_class.save_pretrained(str(out))
+                return
+        super().save_model(output_dir, _internal_call)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         extra = {k: sum(vs) / len(vs) for k, vs in sorted(self._extra.items()) if vs}

@@ -18,6 +18,7 @@ import pytest
 import torch
 from distill_helpers import make_student
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 from test_multirank import BIN, _args, _check, _env, _losses, _port
 
 pytestmark = pytest.mark.slow
@@ -58,6 +59,25 @@ def test_models_are_created_partitioned_and_the_chunked_loss_equals_the_plain_on
         assert record["generation_config"] == [True, True]  # the folders' generation settings, as from_pretrained
         # the teacher in the training dtype (bf16 when bf16 is on), never in float32 then
         assert {p["dtype"] for p in record["teacher"]} == {"torch.bfloat16" if bf16 else "torch.float32"}
+    # saved one gathered tensor at a time: the same files as transformers' whole-model save, loaded by stock
+    # from_pretrained with the same weights
+    assert records[0]["saved_by_tensor"]
+    by_tensor, whole = load_file(str(tmp_path / "saved_by_tensor" / "model.safetensors")), load_file(
+        str(tmp_path / "saved_whole" / "model.safetensors"))
+    assert by_tensor.keys() == whole.keys()
+    for k in whole:
+        assert by_tensor[k].dtype == whole[k].dtype == (torch.bfloat16 if bf16 else torch.float32), k
+        assert torch.equal(by_tensor[k], whole[k]), k
+    configs = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("saved_by_tensor", "saved_whole")]
+    assert configs[0] == configs[1]
+    assert (tmp_path / "saved_by_tensor" / "generation_config.json").read_text() == (
+        tmp_path / "saved_whole" / "generation_config.json").read_text()
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved_by_tensor")
+    for k, v in loaded.state_dict().items():
+        if k not in whole:  # a tied output weight: save_pretrained keeps only the embedding
+            assert loaded.config.tie_word_embeddings and k == "lm_head.weight", k
+            continue
+        assert torch.equal(v, whole[k].to(v.dtype)), k
     rtol = 2e-2 if bf16 else 1e-5
     for kind, (plain, chunked, again) in records[0]["losses"].items():
         assert (plain["chunk"], chunked["chunk"]) == (0, 16)

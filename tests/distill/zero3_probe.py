@@ -6,7 +6,8 @@ Creates teacher and student from their folders as `minitron distill` does under 
 how each parameter is held right after creation (before any DeepSpeed engine exists). Then, with the student in
 a ZeRO-3 engine and the teacher in its own, it computes the distillation loss and the student's full gradients
 on the same batch with the plain loss (full logits) and with the chunked loss, for forward KL and for JSD, and
-records both. Rank 0 writes OUT_JSON.
+records both. Last, it saves the student tensor by tensor (OUT_JSON's folder, saved_by_tensor/) and as
+transformers does, whole (saved_whole/). Rank 0 writes OUT_JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from deepspeed.utils import safe_get_full_grad
 from safetensors.torch import load_file
 from transformers import GenerationConfig
 
-from minitron.checkpoint import _load_zero3_partitions
+from minitron.checkpoint import _load_zero3_partitions, save_zero3_partitioned
 from minitron.config import compose, to_plain
 from minitron.distill.losses import DistillLossSpec, LogitLossSpec
 from minitron.distill.trainer import DistillLoss, _teacher_engine, create_models
@@ -88,6 +89,14 @@ def main() -> None:
             results.setdefault(kind, []).append({"chunk": chunk, "loss": float(loss.detach()),
                                                  "grads": {n: g.flatten().tolist() for n, g in grads.items()}})
     record["losses"] = results
+    # the save: one gathered tensor at a time (minitron.checkpoint.save_zero3_partitioned, what the Trainer's save
+    # does here under ZeRO-3) against transformers' own, which gathers the whole state dict on rank 0 first
+    rank0 = dist.get_rank() == 0
+    record["saved_by_tensor"] = save_zero3_partitioned(engine.module, out.parent / "saved_by_tensor", write=rank0)
+    whole = engine._zero3_consolidated_16bit_state_dict()
+    if rank0:
+        engine.module.save_pretrained(out.parent / "saved_whole", state_dict=whole, safe_serialization=True)
+    dist.barrier()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, record)
     if dist.get_rank() == 0:
