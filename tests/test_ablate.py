@@ -55,6 +55,10 @@ def test_the_criteria_study_gives_a_table_with_spread_and_a_plot(criteria):
     page = (root / "results" / "results.md").read_text()
     assert "## 1. Importance criteria" in page and "±" in page and "## 2." not in page
     assert "**Paper:** batch L2 with sequence mean is best" in page
+    # the compute line says how many torch threads the cells ran with (two single-thread jobs side by side differ
+    # from one two-thread job)
+    threads = {c["threads"] for c in cells.values()}
+    assert threads == {torch.get_num_threads()} and f"with {threads.pop()} torch thread" in page
     assert (root / "results" / "results-criteria.png").stat().st_size > 0
 
 

@@ -255,7 +255,8 @@ def run_cell(ctx: Context, name: str, fn: Callable[[dict[str, Any]], dict[str, A
     print(f"ablate: {name} {label}: running")
     start = time.perf_counter()
     result = fn(spec)
-    result.update(name=name, seed=seed, key=key, spec=spec, seconds=time.perf_counter() - start)
+    result.update(name=name, seed=seed, key=key, spec=spec, seconds=time.perf_counter() - start,
+                  threads=torch.get_num_threads())
     write_json(path, result)
     print(f"ablate: {name} {label}: validation loss {fmt_loss(result.get('val_loss'))} in {result['seconds']:.0f} s")
     return result

@@ -199,8 +199,8 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
         f"{_cell(cells, 'teacher')} on the students' blocks (unigram {fmt_loss(teacher.get('unigram_loss'))}). Seeds: {', '.join(map(str, seeds))} "
         f"(calibration draw, data order, random scores and random init; weight magnitude and the teacher's loss are "
         f"deterministic: one value, no standard error). Retraining budget per student: "
-        f"{int(cfg.budget.steps)} steps = {tokens:,} tokens. Cells took {seconds / 60:.1f} min of compute in all "
-        f"({_machine()}). Cells: mean ± standard error over seeds; every verdict names its Welch t-test (two-sided, "
+        f"{int(cfg.budget.steps)} steps = {tokens:,} tokens. Cells took {seconds / 60:.1f} min in all, their wall "
+        f"times summed{_threads_text(cells)} ({_machine()}). Cells: mean ± standard error over seeds; every verdict names its Welch t-test (two-sided, "
         f"a difference is called at p < {ALPHA}, else a tie); validation loss in nats/token over "
         f"{int(cfg.eval_batches)} x {int(cfg.eval_batch_size)} blocks of {int(cfg.data.seq_len)} tokens; lower is better.")
     add("")
@@ -213,6 +213,14 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
     L += _correction_section(cells, cfg, tokens)
     write_text(out, "\n".join(L) + "\n")
     return out
+
+
+def _threads_text(cells: dict) -> str:
+    """The torch thread counts the cells ran with (recorded since cells carry them)."""
+    threads = sorted({c["threads"] for group in cells.values() for c in group if "threads" in c})
+    if not threads:
+        return ""
+    return f", with {' or '.join(map(str, threads))} torch thread{'s' if threads != [1] else ''} per cell"
 
 
 def _machine() -> str:
