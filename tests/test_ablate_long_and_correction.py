@@ -50,6 +50,8 @@ def test_past_the_crossover_width_wins_only_when_the_test_says_so(tmp_path):
     clear = _long_cells([4.00, 4.01, 3.99], [4.20, 4.21, 4.19])
     page = write_results(cfg, clear, {"params": 1000}, tmp_path / "results.md").read_text()
     assert "### Past the crossover: 400 steps" in page and "The long run below continues past that point." in page
+    # the paper's crossover (half-way through its retraining) scaled to this budget: half of budget.steps
+    assert "that is step 50, and 400 steps run 8x past it" in page
     assert "width 4.000 vs depth 4.200 (Welch t = " in page and "width wins past the crossover, as in the paper" in page
     assert ("stays below depth's from step 100 on; the test (Welch at every recorded step, p < 0.05) supports it from "
             "step 100 on") in page
@@ -104,7 +106,7 @@ def test_the_correction_cells_share_everything_but_the_correction():
     assert {k: v for k, v in on.items() if k != "correction"} == off
     assert on["correction"] == {"steps": 100, "lr": 6e-4, "warmup_steps": 10}  # the budget, 1/5 of the teacher's peak
     assert off["data"]["source"] == "package" and off["shape"] == specs["distill-width-kl"]["shape"]
-    assert specs["long-width-kl"]["steps"] == 400 and specs["long-depth-kl"]["shape"] == specs["distill-depth-kl"]["shape"]
+    assert specs["long-width-kl"]["steps"] == 200 and specs["long-depth-kl"]["shape"] == specs["distill-depth-kl"]["shape"]
 
 
 @pytest.fixture(scope="module")

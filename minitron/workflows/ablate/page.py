@@ -205,7 +205,8 @@ def write_results(cfg: DictConfig, cells: dict, teacher: dict[str, Any], out: Pa
         f"{int(cfg.eval_batches)} x {int(cfg.eval_batch_size)} blocks of {int(cfg.data.seq_len)} tokens; lower is better.")
     add("")
     L += _criteria_section(cells, shapes, plots["criteria"].name)
-    L += _shapes_section(cells, shapes, plots["curves"].name, plots["long"].name, int(cfg.budget.long_steps))
+    L += _shapes_section(cells, shapes, plots["curves"].name, plots["long"].name, int(cfg.budget.long_steps),
+                         int(cfg.budget.steps))
     L += _losses_section(cells)
     L += _scratch_section(cells, tokens)
     L += _iterative_section(cells, shapes)
@@ -298,11 +299,11 @@ def _criteria_section(cells: dict, shapes: dict, plot: str) -> list[str]:
     return L
 
 
-def _shapes_section(cells: dict, shapes: dict, plot: str, long_plot: str, long_steps: int) -> list[str]:
+def _shapes_section(cells: dict, shapes: dict, plot: str, long_plot: str, long_steps: int, budget: int) -> list[str]:
     names = [f"distill-{s}-kl" for s in SHAPES]
     long_run = all(f"long-{s}-kl" in cells for s in LONG_SHAPES)
     if not any(n in cells for n in names):
-        return ["## 2. Width vs depth at equal size (the paper's Table 10)", "", *_long_section(cells, long_plot)] if long_run else []
+        return ["## 2. Width vs depth at equal size (the paper's Table 10)", "", *_long_section(cells, long_plot, budget)] if long_run else []
     L = ["## 2. Width vs depth at equal size (the paper's Table 10)", "",
          "Activation scores (batch L2, sequence mean; layers dropped by Block Importance), then forward-KL distillation "
          "with the same budget.", "",
@@ -323,8 +324,7 @@ def _shapes_section(cells: dict, shapes: dict, plot: str, long_plot: str, long_s
                    "depth wins after retraining, unlike the paper" if after.b_lower else
                    "no difference after retraining at this budget")
         limit = ("The long run below continues past that point." if long_run else
-                 f"This budget ends at step {last}, short of twice the paper's crossover, so a later crossover would not "
-                 f"show here: `study=shapes_long` retrains both for budget.long_steps={long_steps}.")
+                 f"This budget ends at step {last}, so a later crossover would not show here: `study=shapes_long` retrains both for budget.long_steps={long_steps}.")
         L.append(f"**Paper:** width beats depth after retraining (2.049 vs 2.155-2.177 LM loss); width starts worse and "
                  f"overtakes after about 200 of its ~400 steps. **Here:** before retraining width {before.a.mean:.3f} vs "
                  f"depth {before.b.mean:.3f} ({before.test_text()}); after {last} steps width {after.a.mean:.3f} vs depth "
@@ -332,17 +332,23 @@ def _shapes_section(cells: dict, shapes: dict, plot: str, long_plot: str, long_s
                  + _crossover_text(cells, names[0], names[1], ("width", "depth")) + " " + limit)
         L.append("")
     if long_run:
-        L += _long_section(cells, long_plot)
+        L += _long_section(cells, long_plot, budget)
     return L
 
 
-def _long_section(cells: dict, plot: str) -> list[str]:
+def _times(steps: int, crossover: int) -> str:
+    """How many times the scaled crossover step a run of `steps` reaches ("4x")."""
+    return f"{steps / crossover:g}x" if crossover > 0 else "well"
+
+
+def _long_section(cells: dict, plot: str, budget: int) -> list[str]:
     """Width vs depth retrained for budget.long_steps, past the step where the paper's curves cross."""
     a, b = (f"long-{s}-kl" for s in LONG_SHAPES)
     steps, tokens = cells[a][0].get("spec", {}).get("steps"), _tokens(cells, a)
     L = [f"### Past the crossover: {steps} steps", "",
-         (f"The same two students retrained for {steps} steps ({tokens} tokens) instead of the budget: at least twice "
-          "the step at which the paper's curves cross (about 200 of its ~400 steps)."), "",
+         (f"The same two students retrained for {steps} steps ({tokens} tokens) instead of the budget. The paper's "
+          "curves cross at about 200 of its ~400 retraining steps, half-way; scaled to this budget (half of "
+          f"{budget} steps) that is step {budget // 2}, and {steps} steps run {_times(steps, budget // 2)} past it."), "",
          f"| axis | before retraining | after {steps} steps |", "|---|---|---|"]
     L += [f"| {s} | {_cell(cells, n, 'zero_shot')} | {_cell(cells, n)} |" for s, n in zip(LONG_SHAPES, (a, b))]
     L += ["", f"![retraining curves, long run](./{plot})", ""]
