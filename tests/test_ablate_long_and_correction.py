@@ -51,7 +51,8 @@ def test_past_the_crossover_width_wins_only_when_the_test_says_so(tmp_path):
     page = write_results(cfg, clear, {"params": 1000}, tmp_path / "results.md").read_text()
     assert "### Past the crossover: 400 steps" in page and "The long run below continues past that point." in page
     # the paper's crossover (half-way through its retraining) scaled to this budget: half of budget.steps
-    assert "that is step 50, and 400 steps run 8x past it" in page
+    half = cfg.budget.steps // 2
+    assert f"that is step {half}, and 400 steps run {400 / half:g}x past it" in page
     assert "width 4.000 vs depth 4.200 (Welch t = " in page and "width wins past the crossover, as in the paper" in page
     assert ("stays below depth's from step 100 on; the test (Welch at every recorded step, p < 0.05) supports it from "
             "step 100 on") in page
@@ -101,12 +102,13 @@ def test_bad_long_and_correction_settings_are_one_line_errors(tmp_path, capsys):
 
 
 def test_the_correction_cells_share_everything_but_the_correction():
-    specs = cell_specs(compose("ablate"))
+    cfg = compose("ablate")
+    specs = cell_specs(cfg)
     off, on = specs["correction-off"], specs["correction-on"]
     assert {k: v for k, v in on.items() if k != "correction"} == off
-    assert on["correction"] == {"steps": 100, "lr": 6e-4, "warmup_steps": 10}  # the budget, 1/5 of the teacher's peak
+    assert on["correction"] == {"steps": cfg.budget.steps, "lr": 6e-4, "warmup_steps": 10}  # the budget, 1/5 of the teacher's peak
     assert off["data"]["source"] == "package" and off["shape"] == specs["distill-width-kl"]["shape"]
-    assert specs["long-width-kl"]["steps"] == 200 and specs["long-depth-kl"]["shape"] == specs["distill-depth-kl"]["shape"]
+    assert specs["long-width-kl"]["steps"] == cfg.budget.long_steps and specs["long-depth-kl"]["shape"] == specs["distill-depth-kl"]["shape"]
 
 
 @pytest.fixture(scope="module")

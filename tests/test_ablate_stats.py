@@ -55,4 +55,4 @@ def test_width_vs_depth_applies_the_tie_rule_and_states_the_budget(tmp_path):
                           "curve": [[10, v + 0.1], [20, v]]} for i, v in enumerate(after)]
     page = write_results(cfg, records, {"params": 1000}, tmp_path / "results.md").read_text()
     assert "no difference after retraining at this budget" in page and "This budget ends at step 20" in page
-    assert "`study=shapes_long` retrains both for budget.long_steps=200" in page
+    assert f"`study=shapes_long` retrains both for budget.long_steps={cfg.budget.long_steps}" in page
