@@ -45,6 +45,7 @@ from minitron.train.settings import TrainSettings
 from minitron.train.trainer import (
     build_trainer,
     plot_curves,
+    prefetch_bucket,
     release_deepspeed_config,
     resume_point,
     save_final,
@@ -233,7 +234,7 @@ def _teacher_engine(teacher: nn.Module, args: TrainingArguments) -> nn.Module:
     zero = config.setdefault("zero_optimization", {})
     sized = {
         "reduce_bucket_size": hidden * hidden,
-        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_prefetch_bucket_size": prefetch_bucket(hidden),
         "stage3_param_persistence_threshold": 10 * hidden,
     }
     for key, value in list(zero.items()):

@@ -260,8 +260,13 @@ def fill_zero3_sizes(args: TrainingArguments, model: PreTrainedModel) -> None:
         if hidden is None:
             raise MinitronError("zero_optimization.stage3_max_live_parameters is auto but the model's config has no "
                                 "hidden_size to size it by; give it a number of elements")
-        bucket = int(0.9 * hidden * hidden)  # transformers' rule for the prefetch bucket
+        bucket = prefetch_bucket(hidden)
     zero["stage3_max_live_parameters"] = int(bucket)
+
+
+def prefetch_bucket(hidden: int) -> int:
+    """ZeRO-3's prefetch bucket in elements for a model of this hidden size: transformers' rule for "auto"."""
+    return int(0.9 * hidden * hidden)
 
 
 def build_trainer(
