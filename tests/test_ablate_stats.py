@@ -56,3 +56,20 @@ def test_width_vs_depth_applies_the_tie_rule_and_states_the_budget(tmp_path):
     page = write_results(cfg, records, {"params": 1000}, tmp_path / "results.md").read_text()
     assert "no difference after retraining at this budget" in page and "This budget ends at step 20" in page
     assert f"`study=shapes_long` retrains both for budget.long_steps={cfg.budget.long_steps}" in page
+
+
+def test_a_depth_comparison_of_the_same_layers_says_it_cannot_tell_them_apart(tmp_path):
+    cfg = compose("ablate")
+
+    def depth(kept_block: list[int], after_block: list[float]) -> dict:
+        records = _cells({})
+        for name, kept, after in (("distill-depth-kl", [0, 1, 7], [4.25, 4.26, 4.24]),
+                                  ("distill-depth_block-kl", kept_block, after_block)):
+            records[name] = [{"seed": i, "seconds": 1.0, "val_loss": v, "zero_shot": 4.3, "parameters": 1000,
+                              "kept_layers": kept} for i, v in enumerate(after)]
+        return records
+
+    same = write_results(cfg, depth([0, 1, 7], [4.25, 4.26, 4.24]), {"params": 1000}, tmp_path / "r.md").read_text()
+    assert "both choices keep the same layers for every seed (seed 0: [0, 1, 7]" in same and "Welch t = 0.00" not in same
+    other = write_results(cfg, depth([0, 6, 7], [4.10, 4.11, 4.09]), {"params": 1000}, tmp_path / "r.md").read_text()
+    assert "cannot tell the two apart" not in other and "the block is better, as in the paper" in other
