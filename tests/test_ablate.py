@@ -168,3 +168,26 @@ def test_the_page_leaves_out_cells_of_other_settings(criteria, tmp_path, capsys)
     assert main(["ablate", "study=report", f"page={page}", f"hydra.run.dir={tmp_path / 'r'}", *common, "eval_batches=3"]) == 0
     assert "of other settings left out" in capsys.readouterr().out
     assert "## 1." not in page.read_text()  # no criteria cell was computed with eval_batches=3
+
+
+def test_two_jobs_on_the_same_cell_get_their_own_work_folders_and_dead_ones_are_cleared(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from minitron.workflows.ablate.cells import _work
+
+    ctx = SimpleNamespace(results=tmp_path, seed=3)
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = tmp_path / "work" / f"distill-width-kl-seed3-{host}-{dead}"
+    alive = tmp_path / "work" / f"distill-width-kl-seed3-{host}-{os.getppid()}"  # another job still running
+    other_host = tmp_path / "work" / "distill-width-kl-seed3-elsewhere-1"
+    for folder in (stale, alive, other_host):
+        (folder / "checkpoints").mkdir(parents=True)
+    path = _work(ctx, "distill-width-kl")
+    assert path == tmp_path / "work" / f"distill-width-kl-seed3-{host}-{os.getpid()}"
+    assert not stale.exists() and alive.is_dir() and other_host.is_dir()

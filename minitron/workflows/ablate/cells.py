@@ -12,8 +12,11 @@ calibration draw.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -561,9 +564,29 @@ def _tokens_per_step(ctx: Context) -> int:
 
 
 def _work(ctx: Context, name: str) -> Path:
-    path = ctx.results / "work" / f"{name}-seed{ctx.seed}"
+    """A scratch folder for one cell in this process: `NAME-seedK-HOST-PID`, so two jobs that happen to run the
+    same cell (side by side, or on two nodes sharing results_dir) never write into or delete each other's folder.
+    Folders this host's dead processes left for the same cell are removed."""
+    host, root = socket.gethostname(), ctx.results / "work"
+    prefix = f"{name}-seed{ctx.seed}-{host}-"
+    for old in root.glob(f"{glob.escape(prefix)}*"):
+        pid = old.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = root / f"{prefix}{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_cells(results: Path, cfg: DictConfig | None = None, teacher: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
