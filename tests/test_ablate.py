@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +16,7 @@ from minitron.cli import main
 from minitron.errors import MinitronError
 from minitron.importance import random_scores, weight_magnitude
 from minitron.models.tiny import tiny_model
+from minitron.workflows.ablate.cells import _work
 
 TEACHER = [
     "model.arch.hidden_size=64", "model.arch.intermediate_size=128", "model.arch.num_hidden_layers=4",
@@ -171,14 +177,6 @@ def test_the_page_leaves_out_cells_of_other_settings(criteria, tmp_path, capsys)
 
 
 def test_two_jobs_on_the_same_cell_get_their_own_work_folders_and_dead_ones_are_cleared(tmp_path):
-    import os
-    import socket
-    import subprocess
-    import sys
-    from types import SimpleNamespace
-
-    from minitron.workflows.ablate.cells import _work
-
     ctx = SimpleNamespace(results=tmp_path, seed=3)
     host = socket.gethostname()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,

@@ -469,23 +469,22 @@ def _depth_section(cells: dict, shapes: dict) -> list[str]:
         kept = (cells[n][0].get("kept_layers") or "-")
         L.append(f"| {label} | {kept} | {_cell(cells, n, 'zero_shot')} | {_cell(cells, n)} |")
     L.append("")
-    before, after = compare(cells, *names, "zero_shot"), compare(cells, *names)
+    paper = ("**Paper:** on Llama-3.1 8B, dropping the contiguous block 16-31 (Winogrande 0.595) beats dropping the 16 "
+             "individually least important layers (0.50). **Here:** ")
     kept = [{c["seed"]: c.get("kept_layers") for c in cells[n]} for n in names]
     if kept[0] == kept[1] and all(v is not None for v in kept[0].values()):
         # the same layers kept: one model, not two; a test between them would only compare a run with itself
-        L.append("**Paper:** on Llama-3.1 8B, dropping the contiguous block 16-31 (Winogrande 0.595) beats dropping "
-                 "the 16 individually least important layers (0.50). **Here:** both choices keep the same layers for "
-                 f"every seed ({', '.join(f'seed {s}: {k}' for s, k in sorted(kept[0].items()))}): on this teacher the "
+        L.append(paper + "both choices keep the same layers for every seed ("
+                 + ", ".join(f"seed {s}: {k}" for s, k in sorted(kept[0].items())) + "): on this teacher the "
                  "individually least important layers form the least-loss block, so this study cannot tell the two "
                  "apart; a deeper teacher, or a depth cut whose individual choice is not contiguous, is needed.")
-        L.append("")
-        return L
-    L.append("**Paper:** on Llama-3.1 8B, dropping the contiguous block 16-31 (Winogrande 0.595) beats dropping the 16 "
-             f"individually least important layers (0.50). **Here:** before retraining {before.a.mean:.3f} vs "
-             f"{before.b.mean:.3f} ({before.test_text()}); after, {after.a.mean:.3f} vs {after.b.mean:.3f} "
-             f"({after.test_text()}): " + ("the block is better, as in the paper." if after.b_lower else
-                                           "individual layers are better, unlike the paper." if after.a_lower else
-                                           "no difference at this budget."))
+    else:
+        before, after = compare(cells, *names, "zero_shot"), compare(cells, *names)
+        L.append(paper + f"before retraining {before.a.mean:.3f} vs {before.b.mean:.3f} ({before.test_text()}); after, "
+                 f"{after.a.mean:.3f} vs {after.b.mean:.3f} ({after.test_text()}): "
+                 + ("the block is better, as in the paper." if after.b_lower else
+                    "individual layers are better, unlike the paper." if after.a_lower else
+                    "no difference at this budget."))
     L.append("")
     return L
 
